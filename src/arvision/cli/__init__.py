@@ -1,0 +1,46 @@
+"""``arvision`` command line: thin wrappers over the Python API, one module per command."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from arvision import __version__
+from arvision.errors import ArvisionError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from arvision.cli import demo, models, reconstruct, train
+
+    parser = argparse.ArgumentParser(
+        prog="arvision",
+        description="Autoregressive visual generation: tokenizers, generation orders, samplers.",
+        epilog="Run `arvision COMMAND --help` for the options of one command.",
+    )
+    parser.add_argument("--version", action="version", version=f"arvision {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    demo.register(sub)
+    models.register(sub)
+    reconstruct.register(sub)
+    train.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ArvisionError, ValueError, TypeError, FileNotFoundError, FloatingPointError) as e:
+        if os.environ.get("ARVISION_DEBUG"):
+            raise
+        print(f"arvision {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

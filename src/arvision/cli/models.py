@@ -1,0 +1,67 @@
+"""``arvision models`` and ``arvision info DIR``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from arvision.hub import list_models, load, resolve
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("models", help="list the models shipped with arvision")
+    p.set_defaults(func=run_models)
+    p = sub.add_parser("info", help="describe a model: type, sizes, training data and command, metrics")
+    p.add_argument("model", help="model directory or shipped model name")
+    p.add_argument("--json", action="store_true", help="print the full config.json instead")
+    p.set_defaults(func=run_info)
+
+
+def run_models(args: argparse.Namespace) -> int:
+    models = list_models()
+    width = max((len(n) for n in models), default=0)
+    for name, desc in models.items():
+        print(f"{name:<{width}}  {desc}")
+    if not models:
+        print("no shipped models found in this installation")
+    return 0
+
+
+def run_info(args: argparse.Namespace) -> int:
+    path = resolve(args.model)
+    model = load(path)
+    if args.json:
+        print((Path(path) / "config.json").read_text())
+        return 0
+    info, cfg = model.info, model.config
+    size_mb = sum(f.stat().st_size for f in Path(path).iterdir() if f.is_file()) / 1e6
+    rows = [
+        ("model", f"{model.model_type} ({type(model).__name__})"),
+        ("path", str(path)),
+        ("description", info.get("description", "")),
+        ("parameters", f"{model.num_parameters():,} ({size_mb:.1f} MB on disk)"),
+    ]
+    if hasattr(model, "num_tokens"):
+        c = cfg
+        rows += [
+            ("images", f"{c.image_size}x{c.image_size}, {c.in_channels} channel(s), values in [-1, 1]"),
+            ("tokens", f"{model.num_tokens} per image, codebook {c.codebook_size} x {c.codebook_dim}"),
+        ]
+        if hasattr(c, "patch_nums"):
+            rows.append(("scales", ", ".join(f"{p}x{p}" for p in c.patch_nums)))
+    training = info.get("training") or {}
+    if training:
+        rows += [
+            ("trained on", str(training.get("data", ""))),
+            ("training", f"{training.get('steps')} steps, batch {training.get('batch_size')}, {training.get('seconds')} s"),
+            ("command", str(training.get("command", ""))),
+        ]
+    metrics = info.get("metrics") or {}
+    if metrics:
+        rows.append(("evaluated on", str(info.get("eval_data", ""))))
+        rows += [(f"  {k}", json.dumps(v)) for k, v in metrics.items()]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+    return 0

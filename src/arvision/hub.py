@@ -1,0 +1,49 @@
+"""``arvision.load``: open a model directory or a model shipped inside the package, by name."""
+
+from __future__ import annotations
+
+import importlib.resources
+import os
+from pathlib import Path
+
+import torch
+
+from arvision.errors import ModelFileError
+from arvision.modeling import PretrainedModel, load_model, read_model_config
+
+
+def shipped_models_dir() -> Path:
+    return Path(str(importlib.resources.files("arvision") / "assets" / "models"))
+
+
+def list_models() -> dict[str, str]:
+    """Shipped models: ``{name: one-line description}``."""
+    root = shipped_models_dir()
+    out: dict[str, str] = {}
+    if root.is_dir():
+        for d in sorted(p for p in root.iterdir() if (p / "config.json").is_file()):
+            out[d.name] = str(read_model_config(d).get("info", {}).get("description", ""))
+    return out
+
+
+def resolve(name_or_path: str | os.PathLike) -> Path:
+    """A shipped model's directory for a known name, else the path itself."""
+    path = Path(name_or_path)
+    if not path.exists():
+        shipped = shipped_models_dir() / str(name_or_path)
+        if isinstance(name_or_path, str) and "/" not in name_or_path and (shipped / "config.json").is_file():
+            return shipped
+        names = ", ".join(list_models()) or "none"
+        raise ModelFileError(
+            f"'{name_or_path}' is neither a model directory nor a shipped model name (shipped: {names})"
+        )
+    return path
+
+
+def load(name_or_path: str | os.PathLike, *, device: str | torch.device = "cpu") -> PretrainedModel:
+    """Load a model by shipped name (``"mnist-vq"``) or from a directory written by ``save_pretrained``.
+
+    The class is rebuilt from the directory's ``config.json``: a tokenizer directory gives a
+    tokenizer, whichever kind it is.
+    """
+    return load_model(resolve(name_or_path), map_location=device)

@@ -1,0 +1,208 @@
+"""The interface every image tokenizer shares.
+
+``encode(images) -> tokens`` and ``decode(tokens) -> images``, where images are float tensors
+(B, C, H, W) in [-1, 1] and tokens are int64 (B, L) in the tokenizer's token layout (raster order
+for a grid, scales concatenated coarse to fine for a pyramid). ``forward`` is the training pass.
+PIL helpers wrap both for users who hold pictures rather than tensors.
+
+Legend: B batch, C channels, H/W image side, h/w latent side, D code dimension, L tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+from arvision.config import Config
+from arvision.modeling import PretrainedModel
+from arvision.nn.conv import ConvDecoder, ConvEncoder
+
+
+@dataclass(frozen=True, kw_only=True)
+class AutoencoderConfig(Config):
+    """Conv autoencoder + codebook sizes shared by the VQ tokenizers.
+
+    Args:
+        image_size: side of the (square) input images.
+        in_channels: 1 (grayscale) or 3 (RGB).
+        ch, ch_mult, num_res_blocks: encoder/decoder widths; downsampling is 2^(len(ch_mult)-1).
+        z_channels: encoder output width; ``quant_conv`` maps it to ``codebook_dim``.
+        norm_groups: GroupNorm groups (32 in the anchors); must divide every width.
+        attn_lowest, attn_mid: self-attention at the lowest resolution / in the middle block.
+        quant_conv_kernel: 1 (LlamaGen) or 3 (VAR).
+        codebook_size, codebook_dim: V and D.
+        beta: commitment loss weight.
+        clamp_output: clamp decoded images to [-1, 1] (VAR does, LlamaGen does not).
+    """
+
+    image_size: int = 256
+    in_channels: int = 3
+    ch: int = 128
+    ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4)
+    num_res_blocks: int = 2
+    z_channels: int = 256
+    norm_groups: int = 32
+    dropout: float = 0.0
+    attn_lowest: bool = True
+    attn_mid: bool = True
+    quant_conv_kernel: int = 1
+    codebook_size: int = 16384
+    codebook_dim: int = 8
+    beta: float = 0.25
+    clamp_output: bool = True
+
+    def __post_init__(self) -> None:
+        if self.in_channels not in (1, 3):
+            raise ValueError(f"in_channels must be 1 (grayscale) or 3 (RGB), got {self.in_channels}")
+        if not self.ch_mult or any(m <= 0 for m in self.ch_mult):
+            raise ValueError(f"ch_mult must be a non-empty tuple of positive ints, got {self.ch_mult}")
+        for width in {self.ch * m for m in self.ch_mult}:
+            if width % self.norm_groups:
+                raise ValueError(f"norm_groups={self.norm_groups} must divide every width ch*ch_mult, but not {width}")
+        if self.image_size % self.downsample:
+            raise ValueError(f"image_size {self.image_size} must be a multiple of the downsampling factor {self.downsample}")
+        if self.codebook_size < 2 or self.codebook_dim < 1:
+            raise ValueError("codebook_size must be >= 2 and codebook_dim >= 1")
+        if self.quant_conv_kernel % 2 == 0:
+            raise ValueError(f"quant_conv_kernel must be odd, got {self.quant_conv_kernel}")
+
+    @property
+    def downsample(self) -> int:
+        return 2 ** (len(self.ch_mult) - 1)
+
+    @property
+    def latent_size(self) -> int:
+        return self.image_size // self.downsample
+
+
+@dataclass
+class TokenizerOutput:
+    """Training forward of a tokenizer: reconstruction, quantizer loss, ids, restart candidates."""
+
+    recon: Tensor
+    quant_loss: Tensor
+    indices: Tensor
+    candidates: Tensor
+
+
+class Tokenizer(PretrainedModel):
+    """Conv encoder -> quant_conv -> quantizer -> post_quant_conv -> conv decoder."""
+
+    config: AutoencoderConfig
+
+    def __init__(self, config: AutoencoderConfig) -> None:
+        super().__init__(config)
+        c = config
+        arch = dict(
+            ch=c.ch, ch_mult=c.ch_mult, num_res_blocks=c.num_res_blocks, z_channels=c.z_channels,
+            groups=c.norm_groups, dropout=c.dropout, attn_lowest=c.attn_lowest, attn_mid=c.attn_mid,
+        )  # fmt: skip
+        self.encoder = ConvEncoder(in_channels=c.in_channels, **arch)
+        self.decoder = ConvDecoder(out_channels=c.in_channels, **arch)
+        k = c.quant_conv_kernel
+        self.quant_conv = nn.Conv2d(c.z_channels, c.codebook_dim, k, padding=k // 2)
+        self.post_quant_conv = nn.Conv2d(c.codebook_dim, c.z_channels, k, padding=k // 2)
+        self.quantize = self.build_quantizer()
+
+    # -- to be provided by subclasses ----------------------------------------------------------
+    def build_quantizer(self) -> nn.Module:
+        raise NotImplementedError
+
+    @property
+    def num_tokens(self) -> int:
+        """L: tokens per image."""
+        raise NotImplementedError
+
+    def encode(self, images: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def decode(self, tokens: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    # -- shared ---------------------------------------------------------------------------------
+    @property
+    def codebook_size(self) -> int:
+        return self.config.codebook_size
+
+    def encode_latent(self, images_BCHW: Tensor) -> Tensor:
+        """Pre-quantization latent (B, D, h, w)."""
+        self.check_images(images_BCHW)
+        return self.quant_conv(self.encoder(images_BCHW))
+
+    def decode_latent(self, z_BDhw: Tensor) -> Tensor:
+        """Image (B, C, H, W) from a (quantized) latent."""
+        x = self.decoder(self.post_quant_conv(z_BDhw))
+        return x.clamp(-1, 1) if self.config.clamp_output else x
+
+    def forward(self, images_BCHW: Tensor) -> TokenizerOutput:
+        """Training pass: reconstruction (not clamped, so gradients flow) and quantizer loss."""
+        out = self.quantize(self.encode_latent(images_BCHW))
+        recon = self.decoder(self.post_quant_conv(out.z_q))
+        return TokenizerOutput(recon=recon, quant_loss=out.loss, indices=out.indices, candidates=out.candidates)
+
+    @torch.no_grad()
+    def reconstruct(self, images_BCHW: Tensor) -> Tensor:
+        """decode(encode(images)), in [-1, 1]."""
+        return self.decode(self.encode(images_BCHW))
+
+    def check_images(self, images: Tensor) -> None:
+        """Raise a clear error if ``images`` is not (B, C, S, S) float in [-1, 1] at the trained size."""
+        c = self.config
+        expected = f"(B, {c.in_channels}, {c.image_size}, {c.image_size})"
+        if not isinstance(images, Tensor):
+            raise TypeError(f"images must be a torch.Tensor {expected}, got {type(images).__name__}; use encode_pil for PIL images")
+        if images.ndim != 4:
+            raise ValueError(f"images must have shape {expected}, got {tuple(images.shape)}")
+        if not images.is_floating_point():
+            raise TypeError(f"images must be float in [-1, 1], got dtype {images.dtype}; convert uint8 with x / 127.5 - 1")
+        if images.shape[1] != c.in_channels:
+            raise ValueError(
+                f"this tokenizer takes {c.in_channels}-channel images {expected}, got {images.shape[1]} channels"
+            )
+        if images.shape[-2:] != (c.image_size, c.image_size):
+            raise ValueError(
+                f"wrong image size {tuple(images.shape[-2:])}: this tokenizer was built for "
+                f"{c.image_size}x{c.image_size}; resize (e.g. arvision.data.resize_center_crop) first"
+            )
+        if images.numel() and (images.min() < -1.01 or images.max() > 1.01):
+            raise ValueError(
+                f"images must be in [-1, 1], got values in [{images.min().item():.3g}, {images.max().item():.3g}]; "
+                "convert [0, 255] images with x / 127.5 - 1"
+            )
+
+    def check_tokens(self, tokens: Tensor) -> None:
+        if not isinstance(tokens, Tensor) or tokens.ndim != 2:
+            raise ValueError(f"tokens must be a (B, {self.num_tokens}) integer tensor, got {getattr(tokens, 'shape', type(tokens))}")
+        if tokens.is_floating_point() or tokens.dtype == torch.bool:
+            raise TypeError(f"tokens must be integers, got dtype {tokens.dtype}")
+        if tokens.shape[1] != self.num_tokens:
+            raise ValueError(f"this tokenizer uses {self.num_tokens} tokens per image, got {tokens.shape[1]}")
+        if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.codebook_size):
+            raise ValueError(
+                f"token ids must be in [0, {self.codebook_size}), got [{tokens.min().item()}, {tokens.max().item()}]"
+            )
+
+    # -- PIL helpers ----------------------------------------------------------------------------
+    def _device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def pil_to_images(self, pictures: Sequence[Image.Image]) -> Tensor:
+        """Resize + centre-crop PIL images to the tokenizer's size; (B, C, S, S) in [-1, 1]."""
+        from arvision.data.images import pil_to_tensor, resize_center_crop
+
+        c = self.config
+        return torch.stack([pil_to_tensor(resize_center_crop(p, c.image_size), c.in_channels) for p in pictures]).to(self._device())
+
+    @torch.no_grad()
+    def encode_pil(self, pictures: Sequence[Image.Image]) -> Tensor:
+        return self.encode(self.pil_to_images(pictures))
+
+    @torch.no_grad()
+    def decode_pil(self, tokens: Tensor) -> list[Image.Image]:
+        from arvision.data.images import tensor_to_pil
+
+        return [tensor_to_pil(x) for x in self.decode(tokens).cpu()]

@@ -1,0 +1,189 @@
+"""Tokenizer training: reconstruction + codebook/commitment losses, AdamW, dead-code restarts.
+
+``train_tokenizer`` is what ``arvision train tokenizer`` runs. It writes into ``out_dir``:
+``checkpoint.pt`` every ``ckpt_every`` steps (and on Ctrl-C), then at the end the model
+(``config.json`` + ``model.safetensors``, with a model card) and ``metrics.json`` (held-out PSNR,
+SSIM, codebook usage, perplexity). ``resume=True`` continues bit-exactly from the checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from arvision.data import get_dataset, split_dataset
+from arvision.evaluate import evaluate_tokenizer
+from arvision.modeling import _REGISTRY
+from arvision.presets import TokenizerTrainConfig, get_tokenizer_preset
+from arvision.tokenizers import Tokenizer
+from arvision.train.common import (
+    CHECKPOINT_NAME,
+    StepBatchSampler,
+    batch_iterator,
+    cosine_lr,
+    load_checkpoint,
+    save_checkpoint,
+)
+
+
+def train_tokenizer(
+    out_dir: str | Path,
+    *,
+    preset: str | None = None,
+    data: str = "mnist",
+    steps: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    resume: bool = False,
+    device: str = "cpu",
+    progress: bool = True,
+    stop_after: int | None = None,
+    command: str | None = None,
+    eval_limit: int | None = None,
+) -> dict[str, Any]:
+    """Train (or resume training) a tokenizer; return the held-out metrics.
+
+    Args:
+        out_dir: run directory (checkpoint, final model, metrics).
+        preset: a tokenizer preset name (see ``arvision.presets``); not needed with ``resume``.
+        data: "mnist" or a folder of images.
+        steps, batch_size, lr: override the preset's training settings.
+        resume: continue from ``out_dir/checkpoint.pt`` with the settings stored in it.
+        stop_after: stop (with a checkpoint) after this global step, as if killed; for tests.
+        command: the command line to record in the model card.
+        eval_limit: evaluate on at most this many held-out images.
+    """
+    out = Path(out_dir)
+    ckpt_path = out / CHECKPOINT_NAME
+    if resume:
+        ckpt = load_checkpoint(ckpt_path)
+        run = ckpt["run"]
+        if steps is not None and steps != run["train"]["steps"]:
+            raise ValueError(f"the checkpoint was started with --steps {run['train']['steps']}; resume with the same value")
+    else:
+        if preset is None:
+            raise ValueError("a --preset is needed to start training (or pass --resume to continue a run)")
+        if ckpt_path.exists():
+            raise ValueError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
+        p = get_tokenizer_preset(preset)
+        train_cfg = p.train.replace(**{k: v for k, v in dict(steps=steps, batch_size=batch_size, lr=lr).items() if v is not None})
+        run = {
+            "preset": preset,
+            "model_type": p.model_class.model_type,
+            "model": p.config.to_dict(),
+            "train": train_cfg.to_dict(),
+            "data": data,
+            "command": command or f"arvision train tokenizer --preset {preset} --data {data} --out {out}",
+            "seconds": 0.0,
+        }
+        ckpt = None
+
+    cls = _REGISTRY[run["model_type"]]
+    tc = TokenizerTrainConfig.from_dict(run["train"])
+    torch.manual_seed(tc.seed)  # model init only; everything after uses explicit generators
+    model: Tokenizer = cls(cls.config_class.from_dict(run["model"]))
+    mc = model.config
+
+    train_set, heldout = _datasets(run["data"], mc.image_size, mc.in_channels, tc)
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim < 2 or "embedding" in name else decay).append(p)
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=tc.lr, betas=tuple(tc.betas),
+    )  # fmt: skip
+    restart_rng = torch.Generator().manual_seed(tc.seed + 1)
+    window_counts = torch.zeros(mc.codebook_size, dtype=torch.long)
+    start = 0
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        restart_rng.set_state(ckpt["restart_rng"])
+        window_counts = ckpt["window_counts"]
+        start = int(ckpt["step"])
+    # channels_last makes the CPU (oneDNN) convolutions ~1.35x faster here; the results are the same.
+    model.to(device, memory_format=torch.channels_last).train()
+    out.mkdir(parents=True, exist_ok=True)
+
+    def checkpoint(step: int) -> None:
+        save_checkpoint(ckpt_path, {
+            "run": run, "step": step, "model": model.state_dict(), "optimizer": opt.state_dict(),
+            "restart_rng": restart_rng.get_state(), "window_counts": window_counts,
+        })  # fmt: skip
+
+    sampler = StepBatchSampler(len(train_set), tc.batch_size, seed=tc.seed, start_step=start, total_steps=tc.steps)
+    bar = tqdm(total=tc.steps, initial=start, desc="train tokenizer", disable=not progress, dynamic_ncols=True)
+    step, restarted, t0 = start, 0, time.time()
+    try:
+        for x, _ in batch_iterator(train_set, sampler, num_workers=tc.num_workers):
+            lr_now = cosine_lr(step, base_lr=tc.lr, warmup=tc.warmup_steps, total=tc.steps, min_ratio=tc.min_lr_ratio)
+            for g in opt.param_groups:
+                g["lr"] = lr_now
+            x = x.to(device).contiguous(memory_format=torch.channels_last)
+            o = model(x)
+            rec = F.mse_loss(o.recon, x)
+            loss = rec + o.quant_loss
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower --lr")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if tc.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            opt.step()
+            window_counts += torch.bincount(o.indices.flatten().cpu(), minlength=mc.codebook_size)
+            step += 1
+            if tc.restart_every and step % tc.restart_every == 0:
+                usage = (window_counts > 0).float().mean().item()
+                if step <= tc.restart_until * tc.steps:
+                    restarted += model.quantize.restart_codes(window_counts == 0, o.candidates, restart_rng)
+                window_counts.zero_()
+                bar.set_postfix(loss=f"{loss.item():.4f}", psnr=f"{10 * math.log10(4 / max(rec.item(), 1e-12)):.1f}",
+                                usage=f"{100 * usage:.0f}%", restarts=restarted, refresh=False)  # fmt: skip
+            bar.update(1)
+            if step % tc.ckpt_every == 0 or step == tc.steps:
+                run["seconds"] = run.get("seconds", 0.0) + time.time() - t0
+                t0 = time.time()
+                checkpoint(step)
+            if stop_after is not None and step >= stop_after and step < tc.steps:
+                checkpoint(step)
+                bar.close()
+                return {"stopped_at": step}
+    except KeyboardInterrupt:
+        bar.close()
+        checkpoint(step)
+        print(f"\ninterrupted at step {step}; checkpoint saved. Continue with: arvision train tokenizer --resume --out {out}")
+        raise
+    bar.close()
+
+    metrics = evaluate_tokenizer(model.eval(), heldout, limit=eval_limit, progress=progress)
+    metrics["train_seconds"] = round(run.get("seconds", 0.0), 1)
+    info = {
+        "description": get_tokenizer_preset(run["preset"]).description if run.get("preset") else "",
+        "preset": run.get("preset"),
+        "training": {"command": run["command"], "data": run["data"], "steps": tc.steps, "batch_size": tc.batch_size,
+                     "lr": tc.lr, "seconds": metrics["train_seconds"]},  # fmt: skip
+        "metrics": {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()},
+        "eval_data": _heldout_name(run["data"]),
+    }
+    model.save_pretrained(out, info=info)
+    (out / "metrics.json").write_text(json.dumps(info["metrics"], indent=2) + "\n")
+    return metrics
+
+
+def _datasets(spec: str, image_size: int, channels: int, tc: TokenizerTrainConfig):
+    if spec == "mnist":
+        return (get_dataset("mnist", split="train", image_size=image_size, channels=channels),
+                get_dataset("mnist", split="test", image_size=image_size, channels=channels))  # fmt: skip
+    full = get_dataset(spec, image_size=image_size, channels=channels)
+    return split_dataset(full, tc.holdout, seed=tc.seed)
+
+
+def _heldout_name(spec: str) -> str:
+    return "MNIST test split (10,000 images)" if spec == "mnist" else f"held-out split of {spec}"
