@@ -42,12 +42,16 @@ class Config:
 
 
 def _jsonable(value: Any) -> Any:
+    if isinstance(value, Config):
+        return value.to_dict()
     if isinstance(value, tuple):
         return [_jsonable(v) for v in value]
     return value
 
 
 def _from_json(value: Any, hint: Any) -> Any:
+    if isinstance(value, dict) and isinstance(hint, type) and issubclass(hint, Config):
+        return hint.from_dict(value)  # nested config
     # JSON has no tuples: turn lists back into tuples where the field is a tuple.
     if isinstance(value, list) and hint is not None and "tuple" in str(hint).lower():
         return tuple(_from_json(v, None) for v in value)

@@ -5,11 +5,15 @@ from __future__ import annotations
 import importlib.resources
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from arvision.errors import ModelFileError
 from arvision.modeling import PretrainedModel, load_model, read_model_config
+
+if TYPE_CHECKING:
+    from arvision.pipeline import Pipeline
 
 
 def shipped_models_dir() -> Path:
@@ -40,10 +44,16 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
     return path
 
 
-def load(name_or_path: str | os.PathLike, *, device: str | torch.device = "cpu") -> PretrainedModel:
+def load(name_or_path: str | os.PathLike, *, device: str | torch.device = "cpu") -> "PretrainedModel | Pipeline":
     """Load a model by shipped name (``"mnist-vq"``) or from a directory written by ``save_pretrained``.
 
     The class is rebuilt from the directory's ``config.json``: a tokenizer directory gives a
-    tokenizer, whichever kind it is.
+    tokenizer (whichever kind), a generator directory a :class:`~arvision.pipeline.Pipeline`
+    (generator + its tokenizer + sampling defaults).
     """
-    return load_model(resolve(name_or_path), map_location=device)
+    from arvision.pipeline import Pipeline
+
+    path = resolve(name_or_path)
+    if read_model_config(path)["model_type"].endswith("_generator"):
+        return Pipeline.from_pretrained(path, device=device)
+    return load_model(path, map_location=device)

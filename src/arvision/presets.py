@@ -102,3 +102,110 @@ def get_tokenizer_preset(name: str) -> TokenizerPreset:
     if name not in TOKENIZER_PRESETS:
         raise ValueError(f"unknown tokenizer preset '{name}'; choose one of: {', '.join(TOKENIZER_PRESETS)}")
     return TOKENIZER_PRESETS[name]
+
+
+# ------------------------------------------------------------------------------------------
+# Generators: a backbone + order; vocabulary, grid and scales come from the tokenizer.
+# ------------------------------------------------------------------------------------------
+
+from arvision.generators import NextScaleConfig, NextScaleGenerator, NextTokenConfig, NextTokenGenerator  # noqa: E402
+from arvision.generators.base import Generator, GeneratorConfig, SamplingConfig  # noqa: E402
+from arvision.nn.transformer import TransformerConfig  # noqa: E402
+
+
+def llamagen_backbone(depth: int, width: int, heads: int) -> TransformerConfig:
+    """LlamaGen's GPT: prefix class token, RMSNorm, SwiGLU, no biases, plain attention (+ 2D RoPE)."""
+    return TransformerConfig(depth=depth, width=width, num_heads=heads, conditioning="prefix", attention="plain",
+                             norm="rmsnorm", norm_eps=1e-5, mlp="swiglu", mlp_bias=False, proj_bias=False)  # fmt: skip
+
+
+def var_backbone(depth: int, width: int, heads: int, *, shared_adaln: bool = False) -> TransformerConfig:
+    """VAR's transformer: AdaLN, cosine attention, q/v biases, LayerNorm eps 1e-6, GELU-tanh MLP."""
+    return TransformerConfig(depth=depth, width=width, num_heads=heads, conditioning="adaln", cond_dim=width,
+                             shared_adaln=shared_adaln, attention="cosine", qkv_bias="qv", proj_bias=True,
+                             norm="layernorm", norm_eps=1e-6, mlp="gelu", mlp_bias=True)  # fmt: skip
+
+
+@dataclass(frozen=True, kw_only=True)
+class GeneratorTrainConfig(Config):
+    """Generator training settings (see TokenizerTrainConfig for the shared ones).
+
+    Args:
+        ema: decay of an exponential moving average of the weights (0 = off); the EMA weights
+            are the ones saved at the end when enabled.
+    """
+
+    steps: int = 3000
+    batch_size: int = 64
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.05
+    warmup_steps: int = 100
+    weight_decay: float = 0.05
+    betas: tuple[float, ...] = (0.9, 0.95)
+    grad_clip: float = 2.0
+    ema: float = 0.0
+    ckpt_every: int = 250
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError("steps and batch_size must be >= 1")
+        if not 0 <= self.ema < 1:
+            raise ValueError(f"ema must be in [0, 1), got {self.ema}")
+
+
+@dataclass(frozen=True)
+class GeneratorPreset:
+    description: str
+    model_class: type[Generator]
+    transformer: TransformerConfig
+    tokenizer: str  # default tokenizer (shipped name or preset) the generator is trained on
+    train: GeneratorTrainConfig
+    sampling: SamplingConfig
+
+    def build_config(self, tokenizer: Tokenizer, num_classes: int) -> GeneratorConfig:
+        """The generator config for this tokenizer and number of classes."""
+        common = dict(transformer=self.transformer, vocab_size=tokenizer.codebook_size, num_classes=num_classes,
+                      sampling=self.sampling)  # fmt: skip
+        if self.model_class is NextScaleGenerator:
+            if not isinstance(tokenizer, MultiScaleVQTokenizer):
+                raise ValueError(
+                    f"the next-scale order needs a multi-scale tokenizer (e.g. mnist-msvq), got a {tokenizer.model_type}"
+                )
+            return NextScaleConfig(**common, patch_nums=tokenizer.patch_nums, code_dim=tokenizer.config.codebook_dim)
+        if not isinstance(tokenizer, VQTokenizer):
+            raise ValueError(f"the next-token order needs a VQ grid tokenizer (e.g. mnist-vq), got a {tokenizer.model_type}")
+        return NextTokenConfig(**common, grid_size=tokenizer.grid_size, positions="rope2d")
+
+
+_TINY_GEN_TRAIN = GeneratorTrainConfig(steps=4, batch_size=8, warmup_steps=1, ckpt_every=2)
+
+GENERATOR_PRESETS: dict[str, GeneratorPreset] = {
+    "tiny-raster": GeneratorPreset("tiny next-token generator for tests", NextTokenGenerator,
+                                   llamagen_backbone(2, 32, 2), "tiny-vq", _TINY_GEN_TRAIN, SamplingConfig(cfg=2.0)),
+    "tiny-scale": GeneratorPreset("tiny next-scale generator for tests", NextScaleGenerator, var_backbone(2, 32, 2),
+                                  "tiny-msvq", _TINY_GEN_TRAIN, SamplingConfig(cfg=1.5, cfg_schedule="linear")),
+    "mnist-raster": GeneratorPreset(
+        "MNIST class-conditional raster next-token generator (LlamaGen-style) on mnist-vq, 7x7 tokens",
+        NextTokenGenerator, llamagen_backbone(6, 128, 4), "mnist-vq",
+        GeneratorTrainConfig(steps=2500, batch_size=64, lr=2e-3), SamplingConfig(cfg=2.0, top_k=0),
+    ),  # fmt: skip
+    "mnist-scale": GeneratorPreset(
+        "MNIST class-conditional next-scale generator (VAR-style) on mnist-msvq, scales 1-7",
+        NextScaleGenerator, var_backbone(6, 128, 4), "mnist-msvq",
+        GeneratorTrainConfig(steps=1500, batch_size=64, lr=2e-3), SamplingConfig(cfg=2.0, cfg_schedule="linear"),
+    ),  # fmt: skip
+    # Official architectures (random weights here; real weights through `arvision convert`).
+    "gpt-b": GeneratorPreset("LlamaGen GPT-B (12 layers, width 768), 256 tokens", NextTokenGenerator,
+                             llamagen_backbone(12, 768, 12), "llamagen-vq16", GeneratorTrainConfig(),
+                             SamplingConfig(cfg=4.0, top_k=2000)),  # fmt: skip
+    "var-d16": GeneratorPreset("VAR-d16 (depth 16, width 1024), 10 scales up to 16x16", NextScaleGenerator,
+                               var_backbone(16, 1024, 16), "var-vae", GeneratorTrainConfig(),
+                               SamplingConfig(cfg=1.5, cfg_schedule="linear", top_k=900, top_p=0.96)),  # fmt: skip
+}
+
+
+def get_generator_preset(name: str) -> GeneratorPreset:
+    if name not in GENERATOR_PRESETS:
+        raise ValueError(f"unknown generator preset '{name}'; choose one of: {', '.join(GENERATOR_PRESETS)}")
+    return GENERATOR_PRESETS[name]

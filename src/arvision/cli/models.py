@@ -35,7 +35,7 @@ def run_info(args: argparse.Namespace) -> int:
         print((Path(path) / "config.json").read_text())
         return 0
     info, cfg = model.info, model.config
-    size_mb = sum(f.stat().st_size for f in Path(path).iterdir() if f.is_file()) / 1e6
+    size_mb = sum(f.stat().st_size for f in Path(path).rglob("*") if f.name in ("config.json", "model.safetensors")) / 1e6
     rows = [
         ("model", f"{model.model_type} ({type(model).__name__})"),
         ("path", str(path)),

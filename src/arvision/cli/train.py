@@ -6,8 +6,9 @@ import argparse
 import json
 import shlex
 import sys
+from pathlib import Path
 
-from arvision.presets import TOKENIZER_PRESETS
+from arvision.presets import GENERATOR_PRESETS, TOKENIZER_PRESETS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,6 +32,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.set_defaults(func=run_tokenizer)
 
+    g = what.add_parser(
+        "generator",
+        help="train a class-conditional generator on a tokenizer's tokens",
+        description="Train a generator (next-token or next-scale, by preset). The data is encoded once and cached in "
+        "OUT/tokens.safetensors. Checkpoints go to OUT/checkpoint.pt (--resume continues exactly). Multi-process: "
+        "torchrun --nproc_per_node N -m arvision train generator ... (gloo on CPU, nccl on GPU).",
+    )
+    g.add_argument("--preset", choices=list(GENERATOR_PRESETS), help="order + backbone + training settings")
+    g.add_argument("--tokenizer", help="tokenizer directory or shipped name (default: the preset's, e.g. mnist-vq)")
+    g.add_argument("--data", default="mnist", help="'mnist' or a folder of images with class sub-folders (default: %(default)s)")
+    g.add_argument("--steps", type=int)
+    g.add_argument("--batch-size", type=int, help="global batch size (split across processes)")
+    g.add_argument("--lr", type=float)
+    g.add_argument("--ema", type=float, help="EMA decay of the saved weights, e.g. 0.999 (default: the preset's)")
+    g.add_argument("--out", required=True)
+    g.add_argument("--resume", action="store_true")
+    g.add_argument("--device", default="cpu")
+    g.add_argument("--no-progress", action="store_true")
+    g.set_defaults(func=run_generator)
+
 
 def run_tokenizer(args: argparse.Namespace) -> int:
     from arvision.train.tokenizer import train_tokenizer
@@ -38,8 +59,31 @@ def run_tokenizer(args: argparse.Namespace) -> int:
     metrics = train_tokenizer(
         args.out, preset=args.preset, data=args.data, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
         resume=args.resume, device=args.device, progress=not args.no_progress, eval_limit=args.eval_limit,
-        command="arvision " + shlex.join(sys.argv[1:]) if sys.argv[0].endswith("arvision") else None,
+        command=_command(),
     )  # fmt: skip
     print(json.dumps(metrics, indent=2))
     print(f"saved to {args.out} (inspect with: arvision info {args.out})")
     return 0
+
+
+def run_generator(args: argparse.Namespace) -> int:
+    from arvision.train.generator import train_generator
+
+    result = train_generator(
+        args.out, preset=args.preset, tokenizer=args.tokenizer, data=args.data, steps=args.steps,
+        batch_size=args.batch_size, lr=args.lr, ema=args.ema, resume=args.resume, device=args.device,
+        progress=not args.no_progress, command=_command(),
+    )  # fmt: skip
+    if int(__import__("os").environ.get("RANK", "0")) == 0:
+        print(json.dumps(result, indent=2))
+        print(f"saved to {args.out} (try: arvision generate {args.out} -o samples.png)")
+    return 0
+
+
+def _command() -> str | None:
+    name = Path(sys.argv[0]).name
+    if name == "arvision":
+        return "arvision " + shlex.join(sys.argv[1:])
+    if name == "__main__.py":
+        return "python -m arvision " + shlex.join(sys.argv[1:])
+    return None

@@ -1,0 +1,124 @@
+"""Raster next-token generation (LlamaGen; Sun et al. 2024, arXiv:2406.06525).
+
+The sequence is [class token, t_0, ..., t_{L-2}] and position p predicts token t_p, so a grid of
+L tokens takes L forward passes with a KV cache (one prefill of the class token, then one token
+per step). Positions are 2D RoPE over the token grid (the class token gets a zero rotation, as in
+LlamaGen) or learned absolute embeddings.
+
+Legend: B batch, L tokens (grid side n, L = n*n), T positions in one call, C width, V vocabulary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from arvision.generators.base import Generator, GeneratorConfig
+from arvision.modeling import register_model
+from arvision.nn.transformer import group_causal_mask
+
+POSITIONS = ("rope2d", "learned")
+
+
+@dataclass(frozen=True, kw_only=True)
+class NextTokenConfig(GeneratorConfig):
+    """Args: grid_size: side n of the token grid (L = n^2); positions: "rope2d" or "learned"."""
+
+    grid_size: int = 16
+    positions: str = "rope2d"
+    rope_base: float = 10000.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.positions not in POSITIONS:
+            raise ValueError(f"positions must be one of {POSITIONS}, got {self.positions!r}")
+        if self.positions == "rope2d" and self.transformer.head_dim % 4:
+            raise ValueError("2D RoPE needs head_dim divisible by 4")
+
+
+def rope_2d_table(grid_size: int, head_dim: int, base: float, num_prefix: int = 1) -> Tensor:
+    """(num_prefix + n*n, head_dim/2, 2) cos/sin table of LlamaGen's 2D RoPE.
+
+    Rotation pairs 0..Dh/4-1 turn with the row, Dh/4..Dh/2-1 with the column (raster order);
+    the prefix rows are all zero, so RoPE zeroes q and k of the class token exactly as LlamaGen's
+    ``precompute_freqs_cis_2d`` does.
+    """
+    half = head_dim // 2
+    freqs = 1.0 / (base ** (torch.arange(0, half, 2)[: half // 2].float() / half))
+    t = torch.arange(grid_size, dtype=torch.float32)
+    f = torch.outer(t, freqs)  # (n, Dh/4)
+    grid = torch.cat([f[:, None, :].expand(-1, grid_size, -1), f[None, :, :].expand(grid_size, -1, -1)], dim=-1)
+    table = torch.stack([grid.cos(), grid.sin()], dim=-1).flatten(0, 1)  # (n*n, Dh/2, 2)
+    return torch.cat([torch.zeros(num_prefix, half, 2), table])
+
+
+@register_model
+class NextTokenGenerator(Generator):
+    """Class-conditional raster-order generator over a VQ token grid."""
+
+    model_type = "next_token_generator"
+    config_class = NextTokenConfig
+    config: NextTokenConfig
+    order = "next-token"
+
+    def __init__(self, config: NextTokenConfig) -> None:
+        super().__init__(config)
+        C = config.transformer.width
+        self.tok_embeddings = nn.Embedding(config.vocab_size, C)
+        if config.positions == "learned":
+            self.pos_embed = nn.Parameter(torch.zeros(1, self.num_tokens, C))
+        else:
+            table = rope_2d_table(config.grid_size, config.transformer.head_dim, config.rope_base)
+            self.register_buffer("rope_table", table, persistent=False)
+        self.init_weights()
+        if config.positions == "learned":
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.config.grid_size**2
+
+    @property
+    def num_steps(self) -> int:
+        return self.num_tokens
+
+    def _embed(self, labels_B: Tensor, tokens_BT: Tensor | None, start: int) -> Tensor:
+        """Input embeddings of sequence positions [start, start + T); position 0 is the class token."""
+        parts = []
+        if start == 0:
+            parts.append(self.class_emb(labels_B).unsqueeze(1))
+        if tokens_BT is not None and tokens_BT.shape[1] > 0:
+            parts.append(self.tok_embeddings(tokens_BT))
+        x = torch.cat(parts, 1)
+        if self.config.positions == "learned":
+            x = x + self.pos_embed[:, start : start + x.shape[1]]
+        return x
+
+    def _rope(self, start: int, length: int) -> Tensor | None:
+        return self.rope_table[start : start + length] if self.config.positions == "rope2d" else None
+
+    def forward(self, tokens_BL: Tensor, labels_B: Tensor) -> Tensor:
+        """Teacher-forced logits (B, L, V): position p sees the class and tokens < p."""
+        x = self._embed(labels_B, tokens_BL[:, :-1], 0)
+        cond = self.class_emb(labels_B) if self.config.transformer.conditioning == "adaln" else None
+        h = self.transformer(x, cond_BD=cond, is_causal=True, rope=self._rope(0, x.shape[1]))
+        return self.head(h)
+
+    def step(self, labels_B: Tensor, tokens_BT: Tensor | None, cache) -> Tensor:
+        """Extend the cached sequence by ``tokens_BT`` (plus the class token when the cache is empty).
+
+        Returns the logits (B, T', V) of the new positions; the last one predicts the next token.
+        Several new tokens at once (speculative verification) attend causally among themselves.
+        """
+        start = cache.length
+        x = self._embed(labels_B, tokens_BT, start)
+        T = x.shape[1]
+        mask = None
+        if T > 1:
+            pos = torch.arange(start + T, device=x.device)
+            mask = group_causal_mask(pos[start:], pos)
+        cond = self.class_emb(labels_B) if self.config.transformer.conditioning == "adaln" else None
+        h = self.transformer(x, cond_BD=cond, attn_mask=mask, rope=self._rope(start, T), cache=cache)
+        return self.head(h)

@@ -1,0 +1,59 @@
+"""Pure functions from logits to tokens: guidance, temperature, top-k, top-p, sampling.
+
+They follow the anchors' definitions exactly (so that converted official models give official
+outputs): top-k keeps every logit >= the k-th largest (ties kept); top-p drops the tokens whose
+ascending cumulative probability is <= 1 - p (the most likely token is always kept); sampling is
+one ``torch.multinomial`` call over all rows with the caller's generator.
+
+Legend: N rows (batch x positions), V vocabulary.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def guidance_weight(cfg: float, schedule: str, step: int, num_steps: int) -> float:
+    """The guidance strength of ``step`` (0-based) out of ``num_steps`` (see SamplingConfig)."""
+    if schedule == "linear":
+        return cfg * step / max(num_steps - 1, 1)
+    return cfg
+
+
+def apply_guidance(cond_NV: Tensor, uncond_NV: Tensor, weight: float, schedule: str) -> Tensor:
+    """Classifier-free guidance on logits, in each anchor's own arithmetic.
+
+    ``constant`` (LlamaGen): uncond + w (cond - uncond). ``linear`` (VAR): (1 + w) cond - w uncond.
+    """
+    if schedule == "linear":
+        return cond_NV.mul(1 + weight) - uncond_NV.mul(weight)
+    return uncond_NV + (cond_NV - uncond_NV) * weight
+
+
+def filter_top_k(logits_NV: Tensor, k: int) -> Tensor:
+    if k <= 0 or k >= logits_NV.shape[-1]:
+        return logits_NV
+    kth = logits_NV.topk(k, dim=-1).values[..., -1:]
+    return logits_NV.masked_fill(logits_NV < kth, float("-inf"))
+
+
+def filter_top_p(logits_NV: Tensor, p: float) -> Tensor:
+    if p <= 0 or p >= 1:
+        return logits_NV
+    sorted_logits, idx = logits_NV.sort(dim=-1, descending=False)
+    remove_sorted = sorted_logits.softmax(-1).cumsum(-1) <= 1 - p
+    remove_sorted[..., -1] = False
+    return logits_NV.masked_fill(remove_sorted.scatter(-1, idx, remove_sorted), float("-inf"))
+
+
+def sample_logits(logits_NV: Tensor, *, temperature: float = 1.0, top_k: int = 0, top_p: float = 0.0,
+                  generator: torch.Generator | None = None) -> Tensor:  # fmt: skip
+    """Token ids (N,) drawn from ``logits_NV``; ``top_k == 1`` is greedy (argmax, no randomness)."""
+    if top_k == 1:
+        return logits_NV.argmax(-1)
+    if temperature != 1.0:
+        logits_NV = logits_NV / max(temperature, 1e-5)
+    logits_NV = filter_top_p(filter_top_k(logits_NV, top_k), top_p)
+    probs = logits_NV.float().softmax(-1)
+    return torch.multinomial(probs, 1, replacement=True, generator=generator).squeeze(-1)

@@ -1,0 +1,238 @@
+"""Generator training: teacher-forced cross-entropy on cached token sequences.
+
+``train_generator`` is what ``arvision train generator`` runs, single-process or under
+``torchrun`` (DDP: each rank takes its share of every global batch, so N processes reproduce a
+1-process run with the same global batch). The dataset is encoded once with the frozen
+tokenizer and cached in ``OUT/tokens.safetensors``. Checkpoints every ``ckpt_every`` steps and on
+Ctrl-C; ``resume=True`` continues exactly. At the end OUT holds a pipeline directory
+(generator + ``tokenizer/``) that ``arvision.load`` opens.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from arvision.data import get_dataset
+from arvision.evaluate import ordered_batches
+from arvision.generators import Generator, NextScaleGenerator
+from arvision.hub import load, resolve
+from arvision.modeling import _REGISTRY, _sha256
+from arvision.pipeline import Pipeline
+from arvision.presets import GeneratorTrainConfig, get_generator_preset
+from arvision.tokenizers import Tokenizer
+from arvision.train import distributed as D
+from arvision.train.common import CHECKPOINT_NAME, StepBatchSampler, cosine_lr, load_checkpoint, save_checkpoint
+
+TOKEN_CACHE = "tokens.safetensors"
+
+
+def encode_dataset(tokenizer: Tokenizer, data: str, cache: Path, *, tokenizer_id: str,
+                   progress: bool = True) -> tuple[torch.Tensor, torch.Tensor, int]:  # fmt: skip
+    """(tokens (N, L) int64, labels (N,), num_classes), from ``cache`` when it was made by the same
+    tokenizer (``tokenizer_id``, e.g. its weights' sha256) from the same data."""
+    key = {"tokenizer": tokenizer_id, "data": data}
+    if cache.is_file():
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(cache), "pt") as f:
+                meta = f.metadata() or {}
+            if json.loads(meta.get("key", "{}")) == key:
+                t = load_file(str(cache))
+                return t["tokens"].long(), t["labels"].long(), int(meta["num_classes"])
+        except Exception:
+            pass  # unreadable or stale cache: re-encode
+    c = tokenizer.config
+    ds = get_dataset(data, split="train", image_size=c.image_size, channels=c.in_channels)
+    num_classes = int(getattr(ds, "num_classes", 0))
+    labels = torch.as_tensor(getattr(ds, "labels"), dtype=torch.long)
+    if num_classes == 0:  # a folder without class sub-folders: one class
+        num_classes, labels = 1, torch.zeros_like(labels)
+    elif (labels < 0).any():
+        raise ValueError(f"{data}: some images are not in a class sub-folder; put every image in one")
+    device = next(tokenizer.parameters()).device
+    chunks = []
+    with torch.no_grad():
+        for x in tqdm(ordered_batches(ds, 512), total=-(-len(ds) // 512), desc="encoding dataset", disable=not progress):
+            chunks.append(tokenizer.encode(x.to(device)).cpu())
+    tokens = torch.cat(chunks)
+    dtype = torch.int16 if tokenizer.codebook_size <= 32767 else torch.int32
+    save_file({"tokens": tokens.to(dtype), "labels": labels}, str(cache),
+              metadata={"key": json.dumps(key), "num_classes": str(num_classes)})  # fmt: skip
+    return tokens, labels, num_classes
+
+
+def train_generator(
+    out_dir: str | Path,
+    *,
+    preset: str | None = None,
+    tokenizer: str | None = None,
+    data: str = "mnist",
+    steps: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    ema: float | None = None,
+    resume: bool = False,
+    device: str = "cpu",
+    progress: bool = True,
+    stop_after: int | None = None,
+    command: str | None = None,
+) -> dict[str, Any]:
+    """Train (or resume) a class-conditional generator; returns training statistics.
+
+    Args:
+        preset: generator preset (``mnist-raster``, ``mnist-scale``, ...); not needed with ``resume``.
+        tokenizer: tokenizer directory or shipped name (default: the preset's).
+        data: "mnist" or a folder of images (class labels from sub-folders).
+        steps, batch_size, lr, ema: override the preset's settings (batch_size is global under DDP).
+        stop_after: stop with a checkpoint after this step, as if killed (tests).
+    """
+    info, device = D.init(device)
+    out = Path(out_dir)
+    ckpt_path = out / CHECKPOINT_NAME
+    ckpt = None
+    if resume:
+        ckpt = load_checkpoint(ckpt_path)
+        run = ckpt["run"]
+        if steps is not None and steps != run["train"]["steps"]:
+            raise ValueError(f"the checkpoint was started with --steps {run['train']['steps']}; resume with the same value")
+    else:
+        if preset is None:
+            raise ValueError("a --preset is needed to start training (or pass --resume to continue a run)")
+        if ckpt_path.exists():
+            raise ValueError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
+        p = get_generator_preset(preset)
+        overrides = dict(steps=steps, batch_size=batch_size, lr=lr, ema=ema)
+        train_cfg = p.train.replace(**{k: v for k, v in overrides.items() if v is not None})
+        run = {"preset": preset, "tokenizer": str(resolve(tokenizer or p.tokenizer)), "data": data,
+               "train": train_cfg.to_dict(), "seconds": 0.0,
+               "command": command or f"arvision train generator --preset {preset} --out {out}"}  # fmt: skip
+    tc = GeneratorTrainConfig.from_dict(run["train"])
+    if tc.batch_size % info.world_size:
+        raise ValueError(f"batch size {tc.batch_size} must be divisible by the number of processes ({info.world_size})")
+
+    tok = load(run["tokenizer"], device=device)
+    if not isinstance(tok, Tokenizer):
+        raise ValueError(f"--tokenizer {run['tokenizer']} is not a tokenizer")
+    tok_id = _sha256(Path(run["tokenizer"]) / "model.safetensors")
+    out.mkdir(parents=True, exist_ok=True)
+    if info.is_main:  # rank 0 encodes and caches; the others then read the cache
+        tokens_all, labels_all, num_classes = encode_dataset(tok, run["data"], out / TOKEN_CACHE, tokenizer_id=tok_id, progress=progress)
+    D.barrier(info)
+    if not info.is_main:
+        tokens_all, labels_all, num_classes = encode_dataset(tok, run["data"], out / TOKEN_CACHE, tokenizer_id=tok_id, progress=False)
+
+    if "model" not in run:
+        run["model_type"] = get_generator_preset(run["preset"]).model_class.model_type
+        run["model"] = get_generator_preset(run["preset"]).build_config(tok, num_classes).to_dict()
+    cls = _REGISTRY[run["model_type"]]
+    torch.manual_seed(tc.seed)  # model init; everything after uses explicit generators
+    model: Generator = cls(cls.config_class.from_dict(run["model"]))
+    decay, no_decay = [], []
+    for name, prm in model.named_parameters():
+        (no_decay if prm.ndim < 2 or "emb" in name or "pos_" in name else decay).append(prm)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=tc.lr, betas=tuple(tc.betas))  # fmt: skip
+    ema_model = copy.deepcopy(model).requires_grad_(False) if tc.ema > 0 else None
+    drop_rng = torch.Generator().manual_seed(tc.seed + 1)
+    start = 0
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        drop_rng.set_state(ckpt["drop_rng"])
+        if ema_model is not None:
+            ema_model.load_state_dict(ckpt["ema"])
+        start = int(ckpt["step"])
+    model.to(device).train()
+    if ema_model is not None:
+        ema_model.to(device)
+    ddp = torch.nn.parallel.DistributedDataParallel(model) if info.enabled else model
+    next_scale = isinstance(model, NextScaleGenerator)
+
+    def checkpoint(step: int) -> None:
+        if info.is_main:
+            save_checkpoint(ckpt_path, {
+                "run": run, "step": step, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "drop_rng": drop_rng.get_state(), **({"ema": ema_model.state_dict()} if ema_model is not None else {}),
+            })  # fmt: skip
+        D.barrier(info)
+
+    sampler = StepBatchSampler(len(tokens_all), tc.batch_size, seed=tc.seed, start_step=start, total_steps=tc.steps)
+    bar = tqdm(total=tc.steps, initial=start, desc=f"train {model.order}", disable=not (progress and info.is_main), dynamic_ncols=True)
+    step, t0, tokens_seen, last = start, time.time(), 0, {}
+    try:
+        for idx in sampler:
+            lr_now = cosine_lr(step, base_lr=tc.lr, warmup=tc.warmup_steps, total=tc.steps, min_ratio=tc.min_lr_ratio)
+            for g in opt.param_groups:
+                g["lr"] = lr_now
+            idx_t = torch.tensor(idx)
+            labels = model.drop_labels(labels_all[idx_t], drop_rng)[info.rank :: info.world_size].to(device)
+            tokens = tokens_all[idx_t][info.rank :: info.world_size].to(device)
+            if next_scale:
+                with torch.no_grad():
+                    x_in = tok.teacher_forcing_input(tokens)
+                logits = ddp(labels, x_in)
+            else:
+                logits = ddp(tokens, labels)
+            loss, acc = model.loss(logits, tokens, model.loss_weights_L if next_scale else None)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower --lr")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if tc.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            opt.step()
+            if ema_model is not None:
+                with torch.no_grad():
+                    for pe, pm in zip(ema_model.parameters(), model.parameters()):
+                        pe.lerp_(pm, 1 - tc.ema)
+            step += 1
+            tokens_seen += tokens.numel() * info.world_size
+            if step % 10 == 0 or step == tc.steps:
+                rate = tokens_seen / max(time.time() - t0, 1e-9)
+                last = {"loss": loss.item(), "token_accuracy": acc.item(), "tokens_per_s": rate}
+                bar.set_postfix(loss=f"{last['loss']:.3f}", acc=f"{100 * last['token_accuracy']:.1f}%",
+                                tok_s=f"{rate:.0f}", refresh=False)  # fmt: skip
+            bar.update(1)
+            if step % tc.ckpt_every == 0 or step == tc.steps or (stop_after is not None and step >= stop_after):
+                run["seconds"] = run.get("seconds", 0.0) + time.time() - t0
+                run["tokens_per_s"] = tokens_seen / max(time.time() - t0, 1e-9)
+                t0, tokens_seen = time.time(), 0
+                drift = D.check_in_sync(model, info)
+                if drift > 0:
+                    raise RuntimeError(f"processes out of sync at step {step} (max parameter difference {drift:g})")
+                checkpoint(step)
+            if stop_after is not None and step >= stop_after and step < tc.steps:
+                bar.close()
+                D.shutdown(info)
+                return {"stopped_at": step}
+    except KeyboardInterrupt:
+        bar.close()
+        checkpoint(step)
+        if info.is_main:
+            print(f"\ninterrupted at step {step}; checkpoint saved. Continue with: arvision train generator --resume --out {out}")
+        raise
+    bar.close()
+    final = ema_model if ema_model is not None else model
+    result = {"steps": tc.steps, "seconds": round(run["seconds"], 1), "tokens_per_s": round(run.get("tokens_per_s", 0.0)),
+              "final_loss": round(last.get("loss", math.nan), 4), "final_token_accuracy": round(last.get("token_accuracy", math.nan), 4),
+              "processes": info.world_size}  # fmt: skip
+    if info.is_main:
+        gen_info = {
+            "description": get_generator_preset(run["preset"]).description,
+            "preset": run["preset"],
+            "training": {"command": run["command"], "data": run["data"], "tokenizer": run["tokenizer"], "steps": tc.steps,
+                         "batch_size": tc.batch_size, "lr": tc.lr, "ema": tc.ema, **result},  # fmt: skip
+        }
+        Pipeline(tok, final.eval()).save_pretrained(out, info=gen_info)
+    D.shutdown(info)
+    return result

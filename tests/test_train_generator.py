@@ -1,0 +1,97 @@
+"""Generator training: learning, exact resume, token cache, and 2-process DDP == 1 process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import arvision
+from arvision.pipeline import Pipeline
+from arvision.presets import TOKENIZER_PRESETS
+from arvision.train.generator import train_generator
+
+
+@pytest.fixture(scope="module")
+def tiny_tokenizers(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tok")
+    out = {}
+    for name in ("tiny-vq", "tiny-msvq"):
+        p = TOKENIZER_PRESETS[name]
+        torch.manual_seed(0)
+        tok = p.model_class(p.config)
+        tok.quantize.embedding.weight.data.normal_()
+        out[name] = tok.save_pretrained(root / name)
+    return out
+
+
+ORDERS = [("tiny-raster", "tiny-vq"), ("tiny-scale", "tiny-msvq")]
+
+
+@pytest.mark.parametrize("preset,tokenizer", ORDERS)
+def test_training_reduces_the_loss_and_saves_a_pipeline(tmp_path, tiny_tokenizers, preset, tokenizer) -> None:
+    kw = dict(preset=preset, tokenizer=str(tiny_tokenizers[tokenizer]), batch_size=32, progress=False)
+    first = train_generator(tmp_path / "a", steps=1, **kw)
+    result = train_generator(tmp_path / "b", steps=40, lr=3e-3, **kw)
+    assert result["final_loss"] < first["final_loss"] - 0.3, (first, result)
+    assert result["tokens_per_s"] > 0 and result["processes"] == 1
+    pipe = arvision.load(tmp_path / "b")
+    assert isinstance(pipe, Pipeline) and pipe.num_classes == 10
+    assert pipe.info["training"]["steps"] == 40
+    assert pipe.generate(classes=[1, 2], n_per_class=1).shape == (2, 1, 16, 16)
+    assert (tmp_path / "b" / "tokens.safetensors").is_file()
+
+
+@pytest.mark.parametrize("preset,tokenizer", ORDERS)
+def test_resume_continues_exactly(tmp_path, tiny_tokenizers, preset, tokenizer) -> None:
+    kw = dict(preset=preset, tokenizer=str(tiny_tokenizers[tokenizer]), steps=6, ema=0.9, progress=False)
+    train_generator(tmp_path / "straight", **kw)
+    assert train_generator(tmp_path / "killed", stop_after=3, **kw) == {"stopped_at": 3}
+    train_generator(tmp_path / "killed", resume=True, progress=False)
+    a = arvision.load(tmp_path / "straight").generator.state_dict()
+    b = arvision.load(tmp_path / "killed").generator.state_dict()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_token_cache_is_reused_and_invalidated(tmp_path, tiny_tokenizers) -> None:
+    from arvision.hub import load
+    from arvision.train.generator import encode_dataset
+
+    tok = load(tiny_tokenizers["tiny-vq"])
+    cache = tmp_path / "tokens.safetensors"
+    t1, l1, n = encode_dataset(tok, "mnist", cache, tokenizer_id="a", progress=False)
+    assert t1.shape == (60_000, tok.num_tokens) and n == 10 and torch.equal(l1[:3], torch.tensor([5, 0, 4]))
+    mtime = cache.stat().st_mtime_ns
+    t2, _, _ = encode_dataset(tok, "mnist", cache, tokenizer_id="a", progress=False)
+    assert torch.equal(t1, t2) and cache.stat().st_mtime_ns == mtime
+    encode_dataset(tok, "mnist", cache, tokenizer_id="b", progress=False)
+    assert cache.stat().st_mtime_ns != mtime  # another tokenizer: re-encoded
+
+
+def test_training_errors(tmp_path, tiny_tokenizers) -> None:
+    with pytest.raises(ValueError, match="--preset"):
+        train_generator(tmp_path)
+    with pytest.raises(ValueError, match="next-scale order needs a multi-scale tokenizer"):
+        train_generator(tmp_path / "x", preset="tiny-scale", tokenizer=str(tiny_tokenizers["tiny-vq"]), steps=1, progress=False)
+
+
+@pytest.mark.slow
+def test_two_processes_match_one(tmp_path, tiny_tokenizers) -> None:
+    """torchrun with 2 CPU processes (gloo) stays in sync and matches a 1-process run."""
+    args = ["train", "generator", "--preset", "tiny-scale", "--tokenizer", str(tiny_tokenizers["tiny-msvq"]),
+            "--steps", "4", "--batch-size", "8", "--no-progress"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "arvision"]
+    res = subprocess.run(torchrun + args + ["--out", str(tmp_path / "ddp")], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert '"processes": 2' in res.stdout
+    train_generator(tmp_path / "single", preset="tiny-scale", tokenizer=str(tiny_tokenizers["tiny-msvq"]), steps=4, batch_size=8,
+                    progress=False)  # fmt: skip
+    a = arvision.load(tmp_path / "ddp").generator.state_dict()
+    b = arvision.load(tmp_path / "single").generator.state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
