@@ -76,7 +76,7 @@ def test_train_then_resume_then_info(tmp_path, capsys) -> None:
 
 
 def test_demo_runs_offline(tmp_path, capsys) -> None:
-    code, out, err = run(capsys, "demo", "-o", str(tmp_path), "-n", "2")
+    code, out, err = run(capsys, "demo", "-o", str(tmp_path), "-n", "1")
     assert code == 0, err
     assert (tmp_path / "mnist-vq-reconstructions.png").is_file() and (tmp_path / "mnist-msvq-reconstructions.png").is_file()
     assert "PSNR" in out
@@ -87,3 +87,41 @@ def test_bad_arguments_exit_with_usage(argv) -> None:
     with pytest.raises(SystemExit) as e:
         main(argv)
     assert e.value.code == 2
+
+
+@pytest.fixture(scope="module")
+def tiny_pipeline_dir(tmp_path_factory):
+    from arvision.pipeline import Pipeline
+    from arvision.presets import GENERATOR_PRESETS, TOKENIZER_PRESETS
+
+    gp = GENERATOR_PRESETS["tiny-scale"]
+    tp = TOKENIZER_PRESETS[gp.tokenizer]
+    tok = tp.model_class(tp.config)
+    pipe = Pipeline(tok, gp.model_class(gp.build_config(tok, 10)))
+    return pipe.save_pretrained(tmp_path_factory.mktemp("pipe") / "tiny-scale", info={"description": "tiny"})
+
+
+def test_generate_writes_a_grid(tmp_path, capsys, tiny_pipeline_dir) -> None:
+    out = tmp_path / "grid.png"
+    code, stdout, err = run(capsys, "generate", str(tiny_pipeline_dir), "--classes", "0,1,2", "-n", "2", "--cfg", "2",
+                            "--seed", "0", "-o", str(out), "--save-individual", str(tmp_path / "each"))  # fmt: skip
+    assert code == 0, err
+    assert "forward passes/image" in stdout and out.is_file() and len(list((tmp_path / "each").iterdir())) == 6
+    code, stdout, _ = run(capsys, "info", str(tiny_pipeline_dir))
+    assert code == 0 and "next-scale" in stdout and "sampling" in stdout
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--classes", "0,11"], "unknown class id 11"),
+    (["--classes", "a,b"], "comma-separated integers"),
+    (["-n", "0"], "n_per_class"),
+    (["--cfg", "-2"], "cfg must be"),
+])  # fmt: skip
+def test_generate_bad_arguments(tmp_path, capsys, tiny_pipeline_dir, argv, message) -> None:
+    code, _, err = run(capsys, "generate", str(tiny_pipeline_dir), *argv, "-o", str(tmp_path / "x.png"))
+    assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_generate_refuses_a_tokenizer(tmp_path, capsys) -> None:
+    code, _, err = run(capsys, "generate", "mnist-vq", "-o", str(tmp_path / "x.png"))
+    assert code == 2 and "not a generator" in err

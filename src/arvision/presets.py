@@ -13,15 +13,13 @@ from arvision.tokenizers import MultiScaleVQConfig, MultiScaleVQTokenizer, Token
 
 
 @dataclass(frozen=True, kw_only=True)
-class TokenizerTrainConfig(Config):
-    """Tokenizer training settings.
+class TrainConfig(Config):
+    """Settings every training loop shares.
 
     Args:
         steps: optimizer steps.
-        batch_size: images per step.
+        batch_size: examples per step (global under DDP).
         lr: peak AdamW learning rate (linear warm-up, cosine decay to ``lr * min_lr_ratio``).
-        restart_every: restart codes unused in the last ``restart_every`` steps (0 = never);
-            restarts stop after ``restart_until`` of training so the codebook can settle.
         ckpt_every: steps between resumable checkpoints.
     """
 
@@ -33,18 +31,26 @@ class TokenizerTrainConfig(Config):
     weight_decay: float = 0.0
     betas: tuple[float, ...] = (0.9, 0.95)
     grad_clip: float = 1.0
-    restart_every: int = 100
-    restart_until: float = 0.9
     ckpt_every: int = 250
-    holdout: float = 0.05
     seed: int = 0
-    num_workers: int = 0
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError("steps and batch_size must be >= 1")
         if self.lr <= 0:
             raise ValueError("lr must be > 0")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TokenizerTrainConfig(TrainConfig):
+    """Args: restart_every: restart codes unused in the last ``restart_every`` steps (0 = never);
+    restarts stop after ``restart_until`` of training so the codebook can settle. holdout: share of
+    a folder dataset kept for the final evaluation (MNIST uses its test split)."""
+
+    restart_every: int = 100
+    restart_until: float = 0.9
+    holdout: float = 0.05
+    num_workers: int = 0
 
 
 @dataclass(frozen=True)
@@ -127,29 +133,17 @@ def var_backbone(depth: int, width: int, heads: int, *, shared_adaln: bool = Fal
 
 
 @dataclass(frozen=True, kw_only=True)
-class GeneratorTrainConfig(Config):
-    """Generator training settings (see TokenizerTrainConfig for the shared ones).
-
-    Args:
-        ema: decay of an exponential moving average of the weights (0 = off); the EMA weights
-            are the ones saved at the end when enabled.
-    """
+class GeneratorTrainConfig(TrainConfig):
+    """Args: ema: decay of an exponential moving average of the weights (0 = off); when on, the
+    EMA weights are the ones saved at the end."""
 
     steps: int = 3000
-    batch_size: int = 64
-    lr: float = 1e-3
-    min_lr_ratio: float = 0.05
-    warmup_steps: int = 100
     weight_decay: float = 0.05
-    betas: tuple[float, ...] = (0.9, 0.95)
     grad_clip: float = 2.0
     ema: float = 0.0
-    ckpt_every: int = 250
-    seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 1:
-            raise ValueError("steps and batch_size must be >= 1")
+        super().__post_init__()
         if not 0 <= self.ema < 1:
             raise ValueError(f"ema must be in [0, 1), got {self.ema}")
 

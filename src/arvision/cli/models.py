@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from arvision.hub import list_models, load, resolve
+from arvision.pipeline import Pipeline
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,10 +31,12 @@ def run_models(args: argparse.Namespace) -> int:
 
 def run_info(args: argparse.Namespace) -> int:
     path = resolve(args.model)
-    model = load(path)
+    loaded = load(path)
     if args.json:
         print((Path(path) / "config.json").read_text())
         return 0
+    pipe = loaded if isinstance(loaded, Pipeline) else None
+    model = pipe.generator if pipe else loaded
     info, cfg = model.info, model.config
     size_mb = sum(f.stat().st_size for f in Path(path).rglob("*") if f.name in ("config.json", "model.safetensors")) / 1e6
     rows = [
@@ -42,7 +45,18 @@ def run_info(args: argparse.Namespace) -> int:
         ("description", info.get("description", "")),
         ("parameters", f"{model.num_parameters():,} ({size_mb:.1f} MB on disk)"),
     ]
-    if hasattr(model, "num_tokens"):
+    if pipe is not None:
+        t = cfg.transformer
+        tok = pipe.tokenizer
+        rows += [
+            ("order", f"{model.order}: {model.num_tokens} tokens in {model.num_steps} forward passes"),
+            ("backbone", f"depth {t.depth}, width {t.width}, {t.num_heads} heads, {t.conditioning} conditioning, "
+                         f"{t.attention} attention, {t.norm}, {t.mlp}"),  # fmt: skip
+            ("classes", f"{cfg.num_classes} (null class {model.null_class} for guidance)"),
+            ("tokenizer", f"{tok.model_type}: {tok.info.get('description', '')}"),
+            ("sampling", ", ".join(f"{k}={v}" for k, v in cfg.sampling.to_dict().items())),
+        ]
+    elif hasattr(model, "num_tokens"):
         c = cfg
         rows += [
             ("images", f"{c.image_size}x{c.image_size}, {c.in_channels} channel(s), values in [-1, 1]"),
@@ -54,7 +68,8 @@ def run_info(args: argparse.Namespace) -> int:
     if training:
         rows += [
             ("trained on", str(training.get("data", ""))),
-            ("training", f"{training.get('steps')} steps, batch {training.get('batch_size')}, {training.get('seconds')} s"),
+            ("training", f"{training.get('steps')} steps, batch {training.get('batch_size')}, {training.get('seconds')} s"
+                         + (f", {training['tokens_per_s']} tokens/s" if "tokens_per_s" in training else "")),  # fmt: skip
             ("command", str(training.get("command", ""))),
         ]
     metrics = info.get("metrics") or {}

@@ -85,12 +85,13 @@ class Upsample(nn.Module):
 
 
 class _Level(nn.Module):
-    """One resolution level: residual blocks, optional attention after each, optional resampler."""
+    """One resolution level: ``num_blocks`` residual blocks, each followed by attention if asked."""
 
-    def __init__(self, blocks: list[nn.Module], attns: list[nn.Module]) -> None:
+    def __init__(self, block_in: int, block_out: int, num_blocks: int, *, attn: bool, groups: int, dropout: float) -> None:
         super().__init__()
-        self.block = nn.ModuleList(blocks)
-        self.attn = nn.ModuleList(attns)
+        widths = [block_in] + [block_out] * num_blocks
+        self.block = nn.ModuleList(ResnetBlock(a, b, groups=groups, dropout=dropout) for a, b in zip(widths, widths[1:]))
+        self.attn = nn.ModuleList(AttnBlock(block_out, groups=groups) for _ in range(num_blocks if attn else 0))
 
     def run(self, h: Tensor) -> Tensor:
         for j, block in enumerate(self.block):
@@ -133,14 +134,8 @@ class ConvEncoder(nn.Module):
         self.down = nn.ModuleList()
         block_in = ch
         for i, mult in enumerate(ch_mult):
-            block_out = ch * mult
-            blocks, attns = [], []
-            for _ in range(num_res_blocks):
-                blocks.append(ResnetBlock(block_in, block_out, groups=groups, dropout=dropout))
-                block_in = block_out
-                if attn_lowest and i == n - 1:
-                    attns.append(AttnBlock(block_in, groups=groups))
-            level = _Level(blocks, attns)
+            level = _Level(block_in, ch * mult, num_res_blocks, attn=attn_lowest and i == n - 1, groups=groups, dropout=dropout)
+            block_in = ch * mult
             if i != n - 1:
                 level.downsample = Downsample(block_in)
             self.down.append(level)
@@ -185,14 +180,9 @@ class ConvDecoder(nn.Module):
         self.mid = _Mid(block_in, groups=groups, dropout=dropout, attn=attn_mid)
         levels: list[_Level] = []
         for i in reversed(range(n)):
-            block_out = ch * ch_mult[i]
-            blocks, attns = [], []
-            for _ in range(num_res_blocks + 1):
-                blocks.append(ResnetBlock(block_in, block_out, groups=groups, dropout=dropout))
-                block_in = block_out
-                if attn_lowest and i == n - 1:
-                    attns.append(AttnBlock(block_in, groups=groups))
-            level = _Level(blocks, attns)
+            level = _Level(block_in, ch * ch_mult[i], num_res_blocks + 1, attn=attn_lowest and i == n - 1, groups=groups,
+                           dropout=dropout)  # fmt: skip
+            block_in = ch * ch_mult[i]
             if i != 0:
                 level.upsample = Upsample(block_in)
             levels.insert(0, level)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch.utils.data import Dataset
@@ -88,3 +88,39 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise ModelFileError(f"checkpoint {path} is truncated or corrupt ({e}); delete it and restart training") from e
+
+
+def start_or_resume(out: Path, *, resume: bool, preset: str | None, steps: int | None,
+                    new_run: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any] | None]:  # fmt: skip
+    """(run description, checkpoint or None): resume the run in ``out`` or start a new one.
+
+    Resuming takes every setting from the checkpoint; starting refuses to overwrite a run.
+    """
+    ckpt_path = out / CHECKPOINT_NAME
+    if resume:
+        ckpt = load_checkpoint(ckpt_path)
+        started = ckpt["run"]["train"]["steps"]
+        if steps is not None and steps != started:
+            raise ValueError(f"the checkpoint was started with --steps {started}; resume with the same value")
+        return ckpt["run"], ckpt
+    if preset is None:
+        raise ValueError("a --preset is needed to start training (or pass --resume to continue a run)")
+    if ckpt_path.exists():
+        raise ValueError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
+    return new_run(), None
+
+
+def make_adamw(model: torch.nn.Module, tc, *, no_decay: Callable[[str, torch.nn.Parameter], bool]) -> torch.optim.AdamW:
+    """AdamW with weight decay only on the parameters ``no_decay`` rejects (biases, norms, embeddings...)."""
+    decay, other = [], []
+    for name, p in model.named_parameters():
+        (other if no_decay(name, p) else decay).append(p)
+    groups = [{"params": decay, "weight_decay": tc.weight_decay}, {"params": other, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=tc.lr, betas=tuple(tc.betas))
+
+
+def set_lr(opt: torch.optim.Optimizer, step: int, tc) -> float:
+    lr = cosine_lr(step, base_lr=tc.lr, warmup=tc.warmup_steps, total=tc.steps, min_ratio=tc.min_lr_ratio)
+    for g in opt.param_groups:
+        g["lr"] = lr
+    return lr

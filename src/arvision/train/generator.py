@@ -30,7 +30,7 @@ from arvision.pipeline import Pipeline
 from arvision.presets import GeneratorTrainConfig, get_generator_preset
 from arvision.tokenizers import Tokenizer
 from arvision.train import distributed as D
-from arvision.train.common import CHECKPOINT_NAME, StepBatchSampler, cosine_lr, load_checkpoint, save_checkpoint
+from arvision.train.common import CHECKPOINT_NAME, StepBatchSampler, make_adamw, save_checkpoint, set_lr, start_or_resume
 
 TOKEN_CACHE = "tokens.safetensors"
 
@@ -99,23 +99,15 @@ def train_generator(
     info, device = D.init(device)
     out = Path(out_dir)
     ckpt_path = out / CHECKPOINT_NAME
-    ckpt = None
-    if resume:
-        ckpt = load_checkpoint(ckpt_path)
-        run = ckpt["run"]
-        if steps is not None and steps != run["train"]["steps"]:
-            raise ValueError(f"the checkpoint was started with --steps {run['train']['steps']}; resume with the same value")
-    else:
-        if preset is None:
-            raise ValueError("a --preset is needed to start training (or pass --resume to continue a run)")
-        if ckpt_path.exists():
-            raise ValueError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
+
+    def new_run() -> dict[str, Any]:
         p = get_generator_preset(preset)
-        overrides = dict(steps=steps, batch_size=batch_size, lr=lr, ema=ema)
-        train_cfg = p.train.replace(**{k: v for k, v in overrides.items() if v is not None})
-        run = {"preset": preset, "tokenizer": str(resolve(tokenizer or p.tokenizer)), "data": data,
-               "train": train_cfg.to_dict(), "seconds": 0.0,
-               "command": command or f"arvision train generator --preset {preset} --out {out}"}  # fmt: skip
+        overrides = {k: v for k, v in dict(steps=steps, batch_size=batch_size, lr=lr, ema=ema).items() if v is not None}
+        return {"preset": preset, "tokenizer": str(resolve(tokenizer or p.tokenizer)), "data": data,
+                "train": p.train.replace(**overrides).to_dict(), "seconds": 0.0,
+                "command": command or f"arvision train generator --preset {preset} --out {out}"}  # fmt: skip
+
+    run, ckpt = start_or_resume(out, resume=resume, preset=preset, steps=steps, new_run=new_run)
     tc = GeneratorTrainConfig.from_dict(run["train"])
     if tc.batch_size % info.world_size:
         raise ValueError(f"batch size {tc.batch_size} must be divisible by the number of processes ({info.world_size})")
@@ -137,11 +129,7 @@ def train_generator(
     cls = _REGISTRY[run["model_type"]]
     torch.manual_seed(tc.seed)  # model init; everything after uses explicit generators
     model: Generator = cls(cls.config_class.from_dict(run["model"]))
-    decay, no_decay = [], []
-    for name, prm in model.named_parameters():
-        (no_decay if prm.ndim < 2 or "emb" in name or "pos_" in name else decay).append(prm)
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=tc.lr, betas=tuple(tc.betas))  # fmt: skip
+    opt = make_adamw(model, tc, no_decay=lambda name, p: p.ndim < 2 or "emb" in name or "pos_" in name)
     ema_model = copy.deepcopy(model).requires_grad_(False) if tc.ema > 0 else None
     drop_rng = torch.Generator().manual_seed(tc.seed + 1)
     start = 0
@@ -171,9 +159,7 @@ def train_generator(
     step, t0, tokens_seen, last = start, time.time(), 0, {}
     try:
         for idx in sampler:
-            lr_now = cosine_lr(step, base_lr=tc.lr, warmup=tc.warmup_steps, total=tc.steps, min_ratio=tc.min_lr_ratio)
-            for g in opt.param_groups:
-                g["lr"] = lr_now
+            set_lr(opt, step, tc)
             idx_t = torch.tensor(idx)
             labels = model.drop_labels(labels_all[idx_t], drop_rng)[info.rank :: info.world_size].to(device)
             tokens = tokens_all[idx_t][info.rank :: info.world_size].to(device)

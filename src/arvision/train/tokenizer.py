@@ -27,9 +27,10 @@ from arvision.train.common import (
     CHECKPOINT_NAME,
     StepBatchSampler,
     batch_iterator,
-    cosine_lr,
-    load_checkpoint,
+    make_adamw,
     save_checkpoint,
+    set_lr,
+    start_or_resume,
 )
 
 
@@ -62,29 +63,17 @@ def train_tokenizer(
     """
     out = Path(out_dir)
     ckpt_path = out / CHECKPOINT_NAME
-    if resume:
-        ckpt = load_checkpoint(ckpt_path)
-        run = ckpt["run"]
-        if steps is not None and steps != run["train"]["steps"]:
-            raise ValueError(f"the checkpoint was started with --steps {run['train']['steps']}; resume with the same value")
-    else:
-        if preset is None:
-            raise ValueError("a --preset is needed to start training (or pass --resume to continue a run)")
-        if ckpt_path.exists():
-            raise ValueError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
-        p = get_tokenizer_preset(preset)
-        train_cfg = p.train.replace(**{k: v for k, v in dict(steps=steps, batch_size=batch_size, lr=lr).items() if v is not None})
-        run = {
-            "preset": preset,
-            "model_type": p.model_class.model_type,
-            "model": p.config.to_dict(),
-            "train": train_cfg.to_dict(),
-            "data": data,
-            "command": command or f"arvision train tokenizer --preset {preset} --data {data} --out {out}",
-            "seconds": 0.0,
-        }
-        ckpt = None
 
+    def new_run() -> dict[str, Any]:
+        p = get_tokenizer_preset(preset)
+        overrides = {k: v for k, v in dict(steps=steps, batch_size=batch_size, lr=lr).items() if v is not None}
+        return {
+            "preset": preset, "model_type": p.model_class.model_type, "model": p.config.to_dict(),
+            "train": p.train.replace(**overrides).to_dict(), "data": data, "seconds": 0.0,
+            "command": command or f"arvision train tokenizer --preset {preset} --data {data} --out {out}",
+        }  # fmt: skip
+
+    run, ckpt = start_or_resume(out, resume=resume, preset=preset, steps=steps, new_run=new_run)
     cls = _REGISTRY[run["model_type"]]
     tc = TokenizerTrainConfig.from_dict(run["train"])
     torch.manual_seed(tc.seed)  # model init only; everything after uses explicit generators
@@ -92,13 +81,7 @@ def train_tokenizer(
     mc = model.config
 
     train_set, heldout = _datasets(run["data"], mc.image_size, mc.in_channels, tc)
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (no_decay if p.ndim < 2 or "embedding" in name else decay).append(p)
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=tc.lr, betas=tuple(tc.betas),
-    )  # fmt: skip
+    opt = make_adamw(model, tc, no_decay=lambda name, p: p.ndim < 2 or "embedding" in name)
     restart_rng = torch.Generator().manual_seed(tc.seed + 1)
     window_counts = torch.zeros(mc.codebook_size, dtype=torch.long)
     start = 0
@@ -123,9 +106,7 @@ def train_tokenizer(
     step, restarted, t0 = start, 0, time.time()
     try:
         for x, _ in batch_iterator(train_set, sampler, num_workers=tc.num_workers):
-            lr_now = cosine_lr(step, base_lr=tc.lr, warmup=tc.warmup_steps, total=tc.steps, min_ratio=tc.min_lr_ratio)
-            for g in opt.param_groups:
-                g["lr"] = lr_now
+            set_lr(opt, step, tc)
             x = x.to(device).contiguous(memory_format=torch.channels_last)
             o = model(x)
             rec = F.mse_loss(o.recon, x)

@@ -1,0 +1,93 @@
+"""Sampling speed of both orders, at MNIST size (shipped models) and at the official sizes.
+
+    python benchmarks/sampling_throughput.py              # shipped MNIST pipelines + official sizes
+    python benchmarks/sampling_throughput.py --skip-official
+
+Official sizes use random weights: VAR-d16 (depth 16, width 1024, 10 scales up to 16x16) with the
+VAR VQVAE decoder (ch=160), batch 4, cfg 1.5, top-k 900, top-p 0.96; LlamaGen GPT-B (12 layers,
+width 768, 256 tokens) with the VQ-16 decoder, batch 4, cfg 4, top-k 2000. Seconds include decoding
+to pixels and are split into generator and tokenizer-decoder time.
+
+The official code's figures measured on one of our 2-core machines (13.3 s and 16.8 s per batch of
+4, ../shared/reference) are printed beside ours; a side-by-side run of the official code on the same
+weights is issue #4's benchmark.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+import arvision
+from arvision.pipeline import Pipeline
+from arvision.presets import GENERATOR_PRESETS, TOKENIZER_PRESETS
+
+REFERENCE_SECONDS = {"var-d16": 13.3, "gpt-b": 16.8}  # official code, 2-core machine, ../shared/reference
+
+
+def official_size_pipeline(name: str) -> Pipeline:
+    gp = GENERATOR_PRESETS[name]
+    tp = TOKENIZER_PRESETS[gp.tokenizer]
+    torch.manual_seed(0)
+    tok = tp.model_class(tp.config).eval()
+    return Pipeline(tok, gp.model_class(gp.build_config(tok, 1000)).eval())
+
+
+def time_pipeline(pipe: Pipeline, classes: list[int], repeats: int, **sampling) -> tuple[float, float, float]:
+    """(median seconds per batch, generator seconds, decoder seconds) over ``repeats`` runs after a warm-up."""
+    totals, gens = [], []
+    for r in range(repeats + 1):
+        t0 = time.perf_counter()
+        out = pipe.sample(classes, 1, seed=r, decode=False, **sampling)
+        t1 = time.perf_counter()
+        with torch.inference_mode():
+            pipe.tokenizer.decode(out.tokens)
+        t2 = time.perf_counter()
+        if r > 0:
+            totals.append(t2 - t0)
+            gens.append(t1 - t0)
+    total, gen = statistics.median(totals), statistics.median(gens)
+    return total, gen, total - gen
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--skip-official", action="store_true", help="only the shipped MNIST pipelines")
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {args.threads} thread(s), cpu\n")
+    rows = []
+    for name in ("mnist-raster", "mnist-scale"):
+        try:
+            pipe = arvision.load(name)
+        except ValueError:
+            continue
+        for batch in (10, 100):
+            classes = [i % 10 for i in range(batch)]
+            total, gen, dec = time_pipeline(pipe, classes, args.repeats)
+            rows.append((name, batch, pipe.defaults.cfg, pipe.generator.num_steps, total, gen, dec, batch / total, None))
+    if not args.skip_official:
+        settings = {"var-d16": dict(cfg=1.5, top_k=900, top_p=0.96), "gpt-b": dict(cfg=4.0, top_k=2000)}
+        for name, s in settings.items():
+            pipe = official_size_pipeline(name)
+            total, gen, dec = time_pipeline(pipe, [980, 437, 22, 562], max(1, args.repeats - 1), **s)
+            rows.append((name + " (random)", 4, s["cfg"], pipe.generator.num_steps, total, gen, dec, 4 / total, REFERENCE_SECONDS[name]))
+    header = ["model", "batch", "cfg", "steps", "s/batch", "generator s", "decoder s", "img/s", "official s", "speed-up"]
+    print(" | ".join(f"{h:>12}" for h in header))
+    print("-" * (15 * len(header)))
+    for name, b, cfg, steps, total, gen, dec, ips, ref in rows:
+        cells = [name, b, cfg, steps, f"{total:.2f}", f"{gen:.2f}", f"{dec:.2f}", f"{ips:.1f}",
+                 "-" if ref is None else f"{ref:.1f}", "-" if ref is None else f"{ref / total:.2f}x"]  # fmt: skip
+        print(" | ".join(f"{str(c):>12}" for c in cells))
+    if not args.skip_official:
+        print("\nofficial s: the official code on one of these 2-core machines (../shared/reference); "
+              "speed-up = official / arvision. Compare only on the same machine type.")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
