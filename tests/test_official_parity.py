@@ -108,3 +108,45 @@ def test_llamagen_greedy_generation(llamagen, run: str, cfg: float, interval: in
     tokens, stats = sample_next_token(gen, fx["labels"], SamplingConfig(cfg=cfg, cfg_interval=interval, top_k=1))
     assert torch.equal(tokens, fx[run].long())
     assert stats.forward_passes == 16
+
+
+def llamagen_vq_state(state: dict, levels: int) -> dict:
+    """LlamaGen VQModel keys -> arvision's (VAR-style) names; separate q/k/v convs fused into qkv."""
+    out, qkv = {}, {}
+    for k, v in state.items():
+        if k == "quantize.codebook_used":  # training-time usage statistics
+            continue
+        m = re.match(r"(encoder|decoder)\.conv_blocks\.(\d+)\.(.*)", k)
+        if m:  # the decoder stores its levels lowest resolution first
+            part, level, rest = m.group(1), int(m.group(2)), re.sub(r"^res\.", "block.", m.group(3))
+            k = f"{part}.down.{level}.{rest}" if part == "encoder" else f"{part}.up.{levels - 1 - level}.{rest}"
+        k = re.sub(r"\.mid\.0\.", ".mid.block_1.", re.sub(r"\.mid\.1\.", ".mid.attn_1.", re.sub(r"\.mid\.2\.", ".mid.block_2.", k)))
+        m = re.match(r"(.*)\.([qkv])\.(weight|bias)$", k)
+        if m:
+            qkv.setdefault((m.group(1), m.group(3)), {})[m.group(2)] = v
+            continue
+        out[k] = v
+    for (prefix, kind), parts in qkv.items():
+        out[f"{prefix}.qkv.{kind}"] = torch.cat([parts["q"], parts["k"], parts["v"]])
+    return out
+
+
+def test_llamagen_vq_tokenizer_loads_and_reproduces_the_official_outputs() -> None:
+    from arvision.tokenizers import VQConfig, VQTokenizer
+
+    cfg = json.loads(shared_path("fixtures", "llamagen", "config.json").read_text())["vq"]
+    enc, args = cfg["encoder"], cfg["ModelArgs"]
+    tok = VQTokenizer(VQConfig(
+        image_size=64, ch=enc["ch"], ch_mult=tuple(enc["ch_mult"]), num_res_blocks=enc["num_res_blocks"],
+        z_channels=args["z_channels"], codebook_size=args["codebook_size"], codebook_dim=args["codebook_embed_dim"],
+        l2_norm=args["codebook_l2_norm"], beta=args["commit_loss_beta"], clamp_output=False,
+    )).eval()  # fmt: skip
+    state = torch.load(shared_path("fixtures", "llamagen", "vq_state.pth"), weights_only=True)
+    tok.load_state_dict(llamagen_vq_state(state, len(enc["ch_mult"])), strict=True)
+    fx = torch.load(shared_path("fixtures", "llamagen", "fixture.pt"), weights_only=True)
+    x = fx["images"]
+    torch.testing.assert_close(tok.encode_latent(x), fx["vq_prequant"], atol=1e-5, rtol=0)
+    tokens = tok.encode(x)
+    assert torch.equal(tokens, fx["vq_indices"].long())
+    torch.testing.assert_close(tok.quantize.embed(tokens, 4, 4), fx["vq_quant"], atol=1e-6, rtol=0)
+    torch.testing.assert_close(tok.decode(tokens), fx["vq_recon"], atol=2e-4, rtol=0)
