@@ -125,6 +125,7 @@ def read_model_config(directory: str | os.PathLike) -> dict[str, Any]:
 def load_model(directory: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> PretrainedModel:
     """Rebuild whichever model class ``directory`` holds, with its weights."""
     import arvision.generators  # noqa: F401  (fill the registry)
+    import arvision.metrics.mnist_classifier  # noqa: F401
     import arvision.tokenizers  # noqa: F401
 
     d = Path(directory)

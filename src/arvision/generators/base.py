@@ -50,6 +50,8 @@ class SamplingConfig(Config):
             raise ValueError(f"cfg_schedule must be one of {CFG_SCHEDULES}, got {self.cfg_schedule!r}")
         if not math.isfinite(self.cfg) or self.cfg < 0:
             raise ValueError(f"cfg must be a finite number >= 0, got {self.cfg}")
+        if self.cfg_interval < -1:
+            raise ValueError(f"cfg_interval must be -1 (guide every step) or >= 0, got {self.cfg_interval}")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if self.top_k < 0:
