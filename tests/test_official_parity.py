@@ -3,44 +3,24 @@
 The official state dicts load into arvision's classes by renaming keys only, which proves that
 the backbone options (AdaLN chunk order, cosine attention, q/v biases, 2D RoPE with a zero prefix
 rotation, RMSNorm, SwiGLU) and both samplers (VAR's linear guidance ramp and multinomial call
-sequence, LlamaGen's cfg interval) match the anchors. The renaming here is the minimal one; the
+sequence, LlamaGen's cfg interval) match the anchors. The key mappings live in ``arvision.convert.keys``; the
 user-facing converters (architecture inference, official containers, CLI) are issue #4.
 """
 
 from __future__ import annotations
 
 import json
-import re
 
 import pytest
 import torch
 
+from arvision.convert import llamagen_gpt_state, llamagen_vq_state, var_state, var_vae_state
 from arvision.generators import NextScaleConfig, NextScaleGenerator, NextTokenConfig, NextTokenGenerator, SamplingConfig
 from arvision.presets import llamagen_backbone, var_backbone
 from arvision.samplers import sample_next_scale, sample_next_token
 from arvision.tokenizers import MultiScaleVQConfig, MultiScaleVQTokenizer
 
 from conftest import shared_path
-
-VAR_RENAMES = [(r"^blocks\.", "transformer.blocks."), (r"\.attn\.mat_qkv\.", ".attn.qkv."), (r"\.ffn\.", ".mlp."),
-               (r"^head_nm\.", "transformer.head_nm.")]  # fmt: skip
-VAR_BUFFERS = re.compile(r"^(lvl_1L|attn_bias_for_masking)$|zero_k_bias$")
-LLAMAGEN_RENAMES = [(r"^cls_embedding\.embedding_table\.", "class_emb."), (r"^layers\.", "transformer.blocks."),
-                    (r"\.attention\.wqkv\.", ".attn.qkv."), (r"\.attention\.wo\.", ".attn.proj."), (r"\.feed_forward\.", ".mlp."),
-                    (r"\.attention_norm\.", ".norm1."), (r"\.ffn_norm\.", ".norm2."), (r"^norm\.", "transformer.norm."),
-                    (r"^output\.", "head.")]  # fmt: skip
-
-
-def renamed(state: dict, renames, drop=None) -> dict:
-    out = {}
-    for k, v in state.items():
-        if drop is not None and drop.search(k):
-            continue
-        for pattern, repl in renames:
-            k = re.sub(pattern, repl, k)
-        out[k] = v
-    return out
-
 
 @pytest.fixture(scope="module")
 def var():
@@ -51,14 +31,13 @@ def var():
         num_classes=vk["num_classes"], patch_nums=tuple(vk["patch_nums"]), code_dim=kw["z_channels"],
     )).eval()  # fmt: skip
     state = torch.load(shared_path("fixtures", "var", "var_state.pth"), weights_only=True)
-    gen.load_state_dict(renamed(state, VAR_RENAMES, VAR_BUFFERS), strict=True)
+    gen.load_state_dict(var_state(state), strict=True)
     tok = MultiScaleVQTokenizer(MultiScaleVQConfig(
         image_size=cfg["image_size"], ch=kw["ch"], z_channels=kw["z_channels"], codebook_size=kw["vocab_size"],
         codebook_dim=kw["z_channels"], quant_conv_kernel=kw["quant_conv_ks"], patch_nums=tuple(kw["v_patch_nums"]),
     )).eval()  # fmt: skip
     vae = torch.load(shared_path("fixtures", "var", "vae_state.pth"), weights_only=True)
-    vae.pop("quantize.ema_vocab_hit_SV")
-    tok.load_state_dict(vae, strict=True)
+    tok.load_state_dict(var_vae_state(vae), strict=True)
     return gen, tok, torch.load(shared_path("fixtures", "var", "fixture.pt"), weights_only=True)
 
 
@@ -90,7 +69,7 @@ def llamagen():
         num_classes=cfg["num_classes"], grid_size=int(cfg["block_size"] ** 0.5),
     )).eval()  # fmt: skip
     state = torch.load(shared_path("fixtures", "llamagen", "gpt_state.pth"), weights_only=True)
-    gen.load_state_dict(renamed(state, LLAMAGEN_RENAMES), strict=True)
+    gen.load_state_dict(llamagen_gpt_state(state), strict=True)
     return gen, torch.load(shared_path("fixtures", "llamagen", "fixture.pt"), weights_only=True)
 
 
@@ -108,27 +87,6 @@ def test_llamagen_greedy_generation(llamagen, run: str, cfg: float, interval: in
     tokens, stats = sample_next_token(gen, fx["labels"], SamplingConfig(cfg=cfg, cfg_interval=interval, top_k=1))
     assert torch.equal(tokens, fx[run].long())
     assert stats.forward_passes == 16
-
-
-def llamagen_vq_state(state: dict, levels: int) -> dict:
-    """LlamaGen VQModel keys -> arvision's (VAR-style) names; separate q/k/v convs fused into qkv."""
-    out, qkv = {}, {}
-    for k, v in state.items():
-        if k == "quantize.codebook_used":  # training-time usage statistics
-            continue
-        m = re.match(r"(encoder|decoder)\.conv_blocks\.(\d+)\.(.*)", k)
-        if m:  # the decoder stores its levels lowest resolution first
-            part, level, rest = m.group(1), int(m.group(2)), re.sub(r"^res\.", "block.", m.group(3))
-            k = f"{part}.down.{level}.{rest}" if part == "encoder" else f"{part}.up.{levels - 1 - level}.{rest}"
-        k = re.sub(r"\.mid\.0\.", ".mid.block_1.", re.sub(r"\.mid\.1\.", ".mid.attn_1.", re.sub(r"\.mid\.2\.", ".mid.block_2.", k)))
-        m = re.match(r"(.*)\.([qkv])\.(weight|bias)$", k)
-        if m:
-            qkv.setdefault((m.group(1), m.group(3)), {})[m.group(2)] = v
-            continue
-        out[k] = v
-    for (prefix, kind), parts in qkv.items():
-        out[f"{prefix}.qkv.{kind}"] = torch.cat([parts["q"], parts["k"], parts["v"]])
-    return out
 
 
 def test_llamagen_vq_tokenizer_loads_and_reproduces_the_official_outputs() -> None:
