@@ -78,8 +78,9 @@ def test_train_then_resume_then_info(tmp_path, capsys) -> None:
 def test_demo_runs_offline(tmp_path, capsys) -> None:
     code, out, err = run(capsys, "demo", "-o", str(tmp_path), "-n", "1")
     assert code == 0, err
-    assert (tmp_path / "mnist-vq-reconstructions.png").is_file() and (tmp_path / "mnist-msvq-reconstructions.png").is_file()
-    assert "PSNR" in out
+    for name in ("mnist-raster", "mnist-scale", "mnist-vq-reconstructions", "mnist-msvq-reconstructions"):
+        assert (tmp_path / f"{name}.png").is_file(), name
+    assert "forward passes/image" in out and "PSNR" in out
 
 
 @pytest.mark.parametrize("argv", [["train", "tokenizer", "--preset", "nope", "--out", "x"], ["info"]])

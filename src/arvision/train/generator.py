@@ -103,7 +103,7 @@ def train_generator(
     def new_run() -> dict[str, Any]:
         p = get_generator_preset(preset)
         overrides = {k: v for k, v in dict(steps=steps, batch_size=batch_size, lr=lr, ema=ema).items() if v is not None}
-        return {"preset": preset, "tokenizer": str(resolve(tokenizer or p.tokenizer)), "data": data,
+        return {"preset": preset, "tokenizer": str(tokenizer or p.tokenizer), "data": data,
                 "train": p.train.replace(**overrides).to_dict(), "seconds": 0.0,
                 "command": command or f"arvision train generator --preset {preset} --out {out}"}  # fmt: skip
 
@@ -115,7 +115,7 @@ def train_generator(
     tok = load(run["tokenizer"], device=device)
     if not isinstance(tok, Tokenizer):
         raise ValueError(f"--tokenizer {run['tokenizer']} is not a tokenizer")
-    tok_id = _sha256(Path(run["tokenizer"]) / "model.safetensors")
+    tok_id = _sha256(resolve(run["tokenizer"]) / "model.safetensors")
     out.mkdir(parents=True, exist_ok=True)
     if info.is_main:  # rank 0 encodes and caches; the others then read the cache
         tokens_all, labels_all, num_classes = encode_dataset(tok, run["data"], out / TOKEN_CACHE, tokenizer_id=tok_id, progress=progress)

@@ -1,0 +1,25 @@
+"""The shipped MNIST generators draw the digit they are asked for (scored by the shipped classifier)."""
+
+from __future__ import annotations
+
+import pytest
+
+import arvision
+from arvision.metrics.mnist_classifier import class_accuracy
+from arvision.pipeline import Pipeline
+
+
+def test_every_shipped_model_loads() -> None:
+    for name in arvision.list_models():
+        assert arvision.load(name) is not None
+
+
+@pytest.mark.parametrize("name,order,steps", [("mnist-raster", "next-token", 49), ("mnist-scale", "next-scale", 6)])
+def test_shipped_generators_draw_the_requested_digits(name: str, order: str, steps: int) -> None:
+    pipe = arvision.load(name)
+    assert isinstance(pipe, Pipeline) and pipe.generator.order == order
+    out = pipe.sample(list(range(10)), 20, seed=123, batch_size=100)
+    assert out.images.shape == (200, 1, 28, 28) and out.stats.forward_passes_per_image == steps
+    accuracy = class_accuracy(arvision.load("mnist-classifier"), out.images, out.labels)
+    assert accuracy >= 0.9, f"{name}: only {accuracy:.1%} of the samples are classified as the requested digit"
+    assert "arvision train generator --preset" in pipe.info["training"]["command"]
