@@ -124,7 +124,7 @@ def run_llamagen(repo: str | None, repeats: int) -> dict:
     def theirs(**kw):
         gpt, vq, generate = official
         idx = generate(gpt, labels, 256, cfg_scale=4.0, cfg_interval=-1, temperature=1.0, top_p=1.0, sample_logits=True, **kw)
-        return idx, vq.decode_code(idx, qzshape=[4, 8, 16, 16])
+        return idx, vq.decode_code(idx, shape=[4, 8, 16, 16])
 
     with torch.inference_mode():
         if official is not None:
@@ -132,7 +132,7 @@ def run_llamagen(repo: str | None, repeats: int) -> dict:
             ref, _ = theirs(top_k=1)
             result["greedy_tokens_identical"] = bool(torch.equal(mine, ref.long()))
             result["official_s"] = timed(lambda: theirs(top_k=2000), repeats)
-            result["official_decoder_s"] = timed(lambda: official[1].decode_code(ref, qzshape=[4, 8, 16, 16]), repeats)
+            result["official_decoder_s"] = timed(lambda: official[1].decode_code(ref, shape=[4, 8, 16, 16]), repeats)
         tokens = pipe.sample(LABELS, 1, seed=0, cfg=4.0, top_k=2000, decode=False).tokens
         result["arvision_s"] = timed(lambda: pipe.sample(LABELS, 1, seed=0, cfg=4.0, top_k=2000), repeats)
         result["arvision_decoder_s"] = timed(lambda: tok.decode(tokens), repeats)

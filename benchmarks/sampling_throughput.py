@@ -8,9 +8,8 @@ VAR VQVAE decoder (ch=160), batch 4, cfg 1.5, top-k 900, top-p 0.96; LlamaGen GP
 width 768, 256 tokens) with the VQ-16 decoder, batch 4, cfg 4, top-k 2000. Seconds include decoding
 to pixels and are split into generator and tokenizer-decoder time.
 
-The official code's figures measured on one of our 2-core machines (13.3 s and 16.8 s per batch of
-4, ../shared/reference) are printed beside ours; a side-by-side run of the official code on the same
-weights is issue #4's benchmark.
+For a comparison with the official code, run both on the same machine in one go:
+``benchmarks/official_speed.py`` (figures taken on different machines are not comparable).
 """
 
 from __future__ import annotations
@@ -24,8 +23,6 @@ import torch
 import arvision
 from arvision.pipeline import Pipeline
 from arvision.presets import GENERATOR_PRESETS, TOKENIZER_PRESETS
-
-REFERENCE_SECONDS = {"var-d16": 13.3, "gpt-b": 16.8}  # official code, 2-core machine, ../shared/reference
 
 
 def official_size_pipeline(name: str) -> Pipeline:
@@ -70,23 +67,19 @@ def main() -> None:
         for batch in (10, 100):
             classes = [i % 10 for i in range(batch)]
             total, gen, dec = time_pipeline(pipe, classes, args.repeats)
-            rows.append((name, batch, pipe.defaults.cfg, pipe.generator.num_steps, total, gen, dec, batch / total, None))
+            rows.append((name, batch, pipe.defaults.cfg, pipe.generator.num_steps, total, gen, dec, batch / total))
     if not args.skip_official:
         settings = {"var-d16": dict(cfg=1.5, top_k=900, top_p=0.96), "gpt-b": dict(cfg=4.0, top_k=2000)}
         for name, s in settings.items():
             pipe = official_size_pipeline(name)
             total, gen, dec = time_pipeline(pipe, [980, 437, 22, 562], max(1, args.repeats - 1), **s)
-            rows.append((name + " (random)", 4, s["cfg"], pipe.generator.num_steps, total, gen, dec, 4 / total, REFERENCE_SECONDS[name]))
-    header = ["model", "batch", "cfg", "steps", "s/batch", "generator s", "decoder s", "img/s", "official s", "speed-up"]
-    print(" | ".join(f"{h:>12}" for h in header))
-    print("-" * (15 * len(header)))
-    for name, b, cfg, steps, total, gen, dec, ips, ref in rows:
-        cells = [name, b, cfg, steps, f"{total:.2f}", f"{gen:.2f}", f"{dec:.2f}", f"{ips:.1f}",
-                 "-" if ref is None else f"{ref:.1f}", "-" if ref is None else f"{ref / total:.2f}x"]  # fmt: skip
-        print(" | ".join(f"{str(c):>12}" for c in cells))
-    if not args.skip_official:
-        print("\nofficial s: the official code on one of these 2-core machines (../shared/reference); "
-              "speed-up = official / arvision. Compare only on the same machine type.")  # fmt: skip
+            rows.append((name + " (random)", 4, s["cfg"], pipe.generator.num_steps, total, gen, dec, 4 / total))
+    header = ["model", "batch", "cfg", "steps", "s/batch", "generator s", "decoder s", "img/s"]
+    print(" | ".join(f"{h:>16}" for h in header))
+    print("-" * (19 * len(header)))
+    for name, b, cfg, steps, total, gen, dec, ips in rows:
+        cells = [name, b, cfg, steps, f"{total:.2f}", f"{gen:.2f}", f"{dec:.2f}", f"{ips:.1f}"]
+        print(" | ".join(f"{str(c):>16}" for c in cells))
 
 
 if __name__ == "__main__":
