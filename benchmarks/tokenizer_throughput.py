@@ -9,24 +9,13 @@ Times are the median of ``--repeats`` runs after one warm-up, with ``torch.infer
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
+from _timing import timed
 
 import arvision
 from arvision.data import MnistDataset
 from arvision.presets import TOKENIZER_PRESETS
-
-
-def timed(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main() -> None:
