@@ -135,6 +135,10 @@ class Tokenizer(PretrainedModel):
 
     def decode_latent(self, z_BDhw: Tensor) -> Tensor:
         """Image (B, C, H, W) from a (quantized) latent."""
+        if z_BDhw.device.type == "cpu":
+            # oneDNN convolutions run ~15 % faster on channels_last activations (measured on the
+            # 256 px VAR and LlamaGen decoders); results agree to ~5e-5.
+            z_BDhw = z_BDhw.contiguous(memory_format=torch.channels_last)
         x = self.decoder(self.post_quant_conv(z_BDhw))
         return x.clamp(-1, 1) if self.config.clamp_output else x
 
