@@ -18,7 +18,7 @@ import subprocess
 import sys
 
 import torch
-from _timing import timed
+from _common import official_size_pipeline, timed
 
 LABELS = [980, 437, 22, 562]
 
@@ -36,14 +36,9 @@ def randomize_(module: torch.nn.Module, seed: int) -> None:
 
 def run_var(repo: str | None, repeats: int) -> dict:
     from arvision.convert import var_state, var_vae_state
-    from arvision.pipeline import Pipeline
-    from arvision.presets import GENERATOR_PRESETS, TOKENIZER_PRESETS
 
-    gp = GENERATOR_PRESETS["var-d16"]
-    tp = TOKENIZER_PRESETS[gp.tokenizer]
-    torch.manual_seed(0)
-    tok = tp.model_class(tp.config).eval()
-    gen = gp.model_class(gp.build_config(tok, 1000)).eval()
+    pipe = official_size_pipeline("var-d16")
+    tok, gen = pipe.tokenizer, pipe.generator
     labels = torch.tensor(LABELS)
     result: dict = {"model": "VAR-d16 + VQVAE ch=160"}
     official = None
@@ -60,7 +55,6 @@ def run_var(repo: str | None, repeats: int) -> dict:
         tok.load_state_dict(var_vae_state(vae.state_dict()))
         gen.load_state_dict(var_state(var.state_dict()))
         official = var
-    pipe = Pipeline(tok, gen)
 
     def ours(**kw):
         return pipe.sample(LABELS, 1, seed=0, **kw).images
@@ -84,14 +78,9 @@ def run_var(repo: str | None, repeats: int) -> dict:
 
 def run_llamagen(repo: str | None, repeats: int) -> dict:
     from arvision.convert import llamagen_gpt_state, llamagen_vq_state
-    from arvision.pipeline import Pipeline
-    from arvision.presets import GENERATOR_PRESETS, TOKENIZER_PRESETS
 
-    gp = GENERATOR_PRESETS["gpt-b"]
-    tp = TOKENIZER_PRESETS[gp.tokenizer]
-    torch.manual_seed(0)
-    tok = tp.model_class(tp.config).eval()
-    gen = gp.model_class(gp.build_config(tok, 1000)).eval()
+    pipe = official_size_pipeline("gpt-b")
+    tok, gen = pipe.tokenizer, pipe.generator
     labels = torch.tensor(LABELS)
     result: dict = {"model": "LlamaGen GPT-B + VQ-16"}
     official = None
@@ -108,7 +97,6 @@ def run_llamagen(repo: str | None, repeats: int) -> dict:
         tok.load_state_dict(llamagen_vq_state(vq.state_dict(), 5))
         gen.load_state_dict(llamagen_gpt_state(gpt.state_dict()))
         official = (gpt, vq, generate)
-    pipe = Pipeline(tok, gen)
 
     def theirs(**kw):
         gpt, vq, generate = official

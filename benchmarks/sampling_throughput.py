@@ -19,18 +19,10 @@ import statistics
 import time
 
 import torch
+from _common import official_size_pipeline
 
 import arvision
 from arvision.pipeline import Pipeline
-from arvision.presets import GENERATOR_PRESETS, TOKENIZER_PRESETS
-
-
-def official_size_pipeline(name: str) -> Pipeline:
-    gp = GENERATOR_PRESETS[name]
-    tp = TOKENIZER_PRESETS[gp.tokenizer]
-    torch.manual_seed(0)
-    tok = tp.model_class(tp.config).eval()
-    return Pipeline(tok, gp.model_class(gp.build_config(tok, 1000)).eval())
 
 
 def time_pipeline(pipe: Pipeline, classes: list[int], repeats: int, **sampling) -> tuple[float, float, float]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from _timing import timed
+from _common import timed
 
 import arvision
 from arvision.data import MnistDataset

@@ -1,0 +1,33 @@
+"""Shared by the benchmark scripts: timing, and official-size pipelines with random weights."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable
+
+import torch
+
+
+def timed(fn: Callable[[], object], repeats: int) -> float:
+    """Median seconds of ``repeats`` calls of ``fn`` after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def official_size_pipeline(name: str):
+    """A Pipeline of the official-size generator preset ``name`` (e.g. "var-d16", "gpt-b") with its
+    tokenizer, 1000 classes and random weights (seed 0)."""
+    from arvision.pipeline import Pipeline
+    from arvision.presets import GENERATOR_PRESETS, TOKENIZER_PRESETS
+
+    gp = GENERATOR_PRESETS[name]
+    tp = TOKENIZER_PRESETS[gp.tokenizer]
+    torch.manual_seed(0)
+    tok = tp.model_class(tp.config).eval()
+    return Pipeline(tok, gp.model_class(gp.build_config(tok, 1000)).eval())
