@@ -144,12 +144,6 @@ class Generator(PretrainedModel):
             if hasattr(self.transformer, "head_nm"):
                 self.transformer.head_nm.ada_lin[-1].weight.mul_(0.5)
 
-    def check_labels(self, labels_B: Tensor, *, allow_null: bool = False) -> None:
-        hi = self.config.num_classes + (1 if allow_null else 0)
-        if labels_B.numel() and (labels_B.min() < 0 or labels_B.max() >= hi):
-            bad = labels_B[(labels_B < 0) | (labels_B >= hi)][0].item()
-            raise ValueError(f"unknown class id {bad}: this model knows classes 0..{self.config.num_classes - 1}")
-
     def drop_labels(self, labels_B: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Training-time label dropout: each label becomes the null class with prob ``class_dropout``."""
         p = self.config.class_dropout
