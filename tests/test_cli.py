@@ -56,6 +56,10 @@ def test_reconstruct_corrupt_image_is_a_clear_error(tmp_path, capsys) -> None:
     bad.write_bytes(b"\x89PNG not really")
     code, _, err = run(capsys, "reconstruct", "mnist-vq", str(bad))
     assert code == 2 and "not a readable image" in err and "Traceback" not in err
+    code, _, err = run(capsys, "reconstruct", "mnist-raster", str(bad))  # a generator: used to crash with AttributeError
+    assert code == 2 and "mnist-raster is a generator, not a tokenizer" in err
+    code, _, err = run(capsys, "generate", "mnist-vq")
+    assert code == 2 and "not a generator" in err
     code, _, err = run(capsys, "reconstruct", str(tmp_path / "nomodel"), str(bad))
     assert code == 2 and "neither a model directory nor a shipped model name" in err
 

@@ -1,30 +1,54 @@
-"""Held-out evaluation of a tokenizer: PSNR, SSIM, codebook usage and code perplexity."""
+"""Evaluation drivers: a tokenizer on held-out images, a generator's samples against real data.
+
+:func:`evaluate_generator` generates ``n`` class-balanced samples in fixed-size chunks, each with
+its own seed, so the samples do not depend on how many processes share the work or on where an
+interrupted run resumed. Every chunk is written to ``out_dir/chunks/`` (images, labels, features,
+logits) as soon as it is done: a rerun skips finished chunks. Under ``torchrun`` rank r takes
+chunks r, r+W, ...; rank 0 then reads every chunk exactly once and computes the metrics.
+"""
 
 from __future__ import annotations
 
-from typing import Iterator
+import json
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
+from arvision.errors import DataError
 from arvision.metrics import CodebookStats, ReconstructionMeter
+from arvision.metrics.features import FeatureExtractor, Reference, save_samples_npz, to_uint8
+from arvision.metrics.generative import FeatureStats, frechet_distance, inception_score, kernel_inception_distance, precision_recall
 from arvision.tokenizers import Tokenizer
+
+if TYPE_CHECKING:
+    from arvision.pipeline import Pipeline
+    from arvision.train.distributed import DistInfo
 
 
 @torch.no_grad()
 def evaluate_tokenizer(
-    tokenizer: Tokenizer, dataset: Dataset, *, batch_size: int = 256, limit: int | None = None, progress: bool = True
-) -> dict[str, float]:
+    tokenizer: Tokenizer, dataset: Dataset, *, batch_size: int = 256, limit: int | None = None, progress: bool = True,
+    features: FeatureExtractor | None = None,
+) -> dict[str, float]:  # fmt: skip
     """Encode + decode ``dataset`` in order and return reconstruction and codebook metrics.
 
     PSNR and SSIM are means of per-image values on images mapped to [0, 1]; ``codebook_usage`` is
     the percentage of codes used at least once over the whole set; ``code_perplexity`` is
-    exp(entropy) of the code frequencies.
+    exp(entropy) of the code frequencies. With ``features``, ``rfid`` is the FID between the
+    reconstructions and the originals under that network.
     """
     if limit is not None:
         dataset = Subset(dataset, range(min(limit, len(dataset))))
     recon, codes = ReconstructionMeter(), CodebookStats(tokenizer.codebook_size)
+    real_stats = fake_stats = None
+    if features is not None:
+        real_stats, fake_stats = FeatureStats(features.dim), FeatureStats(features.dim)
     device = next(tokenizer.parameters()).device
     was_training = tokenizer.training
     tokenizer.eval()
@@ -33,9 +57,16 @@ def evaluate_tokenizer(
         x = x.to(device)
         tokens = tokenizer.encode(x)
         codes.update(tokens)
-        recon.update(tokenizer.decode(tokens), x)
+        y = tokenizer.decode(tokens)
+        recon.update(y, x)
+        if features is not None:
+            real_stats.update(features(to_uint8((x + 1) / 2))[0])
+            fake_stats.update(features(to_uint8((y + 1) / 2))[0])
     tokenizer.train(was_training)
-    return {**recon.compute(), **codes.as_dict()}
+    out = {**recon.compute(), **codes.as_dict()}
+    if features is not None:
+        out[f"rfid_{features.name}"] = frechet_distance(fake_stats, real_stats)
+    return out
 
 
 def ordered_batches(dataset: Dataset, batch_size: int) -> Iterator[torch.Tensor]:
@@ -47,3 +78,125 @@ def ordered_batches(dataset: Dataset, batch_size: int) -> Iterator[torch.Tensor]
         return
     for x, _ in DataLoader(dataset, batch_size=batch_size, shuffle=False):
         yield x
+
+
+# -- generators ---------------------------------------------------------------------------------
+def balanced_labels(n: int, num_classes: int) -> torch.Tensor:
+    """``n`` class ids cycling 0, 1, ..., K-1, 0, 1, ... (every class within one of n/K)."""
+    return torch.arange(n) % num_classes
+
+
+def _save_chunk(path: Path, **arrays: np.ndarray) -> None:
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)  # atomic: an interrupted write never leaves a half chunk
+
+
+def _load_chunk(path: Path) -> dict[str, np.ndarray] | None:
+    try:
+        with np.load(path) as f:
+            return {k: f[k] for k in ("images", "labels", "features", "logits")}
+    except Exception:  # noqa: BLE001 - unreadable chunk: regenerate it
+        return None
+
+
+def evaluate_generator(
+    pipe: "Pipeline", extractor: FeatureExtractor, reference: Reference | None, *, n: int, out_dir: str | os.PathLike,
+    batch_size: int = 100, seed: int = 0, progress: bool = True, dist: "DistInfo | None" = None, model: str | None = None,
+    kid_subsets: int = 100, kid_subset_size: int = 1000, pr_k: int = 3, **sampling,
+) -> dict | None:  # fmt: skip
+    """Generate ``n`` class-balanced samples, extract features and score them against ``reference``.
+
+    Returns the report (also written to ``out_dir/report.json``) on rank 0 and None on other ranks.
+    Samples are written to ``out_dir/samples.npz`` (``arr_0`` uint8 NHWC, ``arr_1`` labels).
+    """
+    from arvision.train.distributed import DistInfo, barrier
+
+    dist = dist or DistInfo()
+    if n < 2:
+        raise ValueError(f"n must be at least 2 samples, got {n}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    out = Path(out_dir)
+    chunks_dir = out / "chunks"
+    s = pipe.sampling_config(**sampling)
+    run = {"model": model or pipe.info.get("preset", "?"), "n": n, "batch_size": batch_size, "seed": seed,
+           "sampling": s.to_dict(), "features": extractor.name}  # fmt: skip
+    manifest = out / "run.json"
+    if dist.is_main:
+        chunks_dir.mkdir(parents=True, exist_ok=True)
+        if manifest.is_file():
+            old = json.loads(manifest.read_text())
+            if old != run:
+                diff = sorted(k for k in run if old.get(k) != run[k])
+                raise DataError(f"{out} holds samples of another evaluation run (different {', '.join(diff)}): "
+                                "use a fresh output directory or delete it")  # fmt: skip
+        else:
+            manifest.write_text(json.dumps(run, indent=2))
+    barrier(dist)
+    labels = balanced_labels(n, pipe.num_classes)
+    n_chunks = -(-n // batch_size)
+    mine = [i for i in range(n_chunks) if i % dist.world_size == dist.rank]
+    todo = [i for i in mine if _load_chunk(chunks_dir / f"{i:06d}.npz") is None]
+    seconds = {"generate": 0.0, "features": 0.0}
+    steps: list[float] = []
+    bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=f"samples (rank {dist.rank})" if dist.enabled else "samples",
+               unit="chunk", disable=not progress)  # fmt: skip
+    for i in todo:
+        lab = labels[i * batch_size : (i + 1) * batch_size]
+        t0 = time.perf_counter()
+        res = pipe.sample(lab.tolist(), 1, seed=seed * 1_000_003 + i, batch_size=len(lab), **sampling)
+        images = to_uint8(res.images).cpu()
+        t1 = time.perf_counter()
+        feats, logits = extractor(images)
+        seconds["generate"] += t1 - t0
+        seconds["features"] += time.perf_counter() - t1
+        steps.append(res.stats.forward_passes_per_image)
+        _save_chunk(chunks_dir / f"{i:06d}.npz", images=images.numpy(), labels=lab.numpy(),
+                    features=feats.cpu().numpy(), logits=logits.cpu().numpy())  # fmt: skip
+        bar.update(1)
+    bar.close()
+    barrier(dist)
+    if not dist.is_main:
+        return None
+    parts = []
+    for i in range(n_chunks):
+        c = _load_chunk(chunks_dir / f"{i:06d}.npz")
+        if c is None:
+            raise DataError(f"chunk {i} of {out} is missing or unreadable after generation; rerun to regenerate it")
+        parts.append(c)
+    images = torch.from_numpy(np.concatenate([c["images"] for c in parts]))
+    got_labels = torch.from_numpy(np.concatenate([c["labels"] for c in parts]))
+    feats = torch.from_numpy(np.concatenate([c["features"] for c in parts]))
+    logits = torch.from_numpy(np.concatenate([c["logits"] for c in parts]))
+    save_samples_npz(out / "samples.npz", images, got_labels)
+    report = {**run, "num_samples": len(feats)}
+    report.update(score_features(feats, logits, reference, kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, pr_k=pr_k))
+    if extractor.name == "mnist":
+        report["class_accuracy"] = float((logits.argmax(1) == got_labels).double().mean())
+    if todo and dist.world_size == 1:  # timings of this process's work (absent when everything was resumed)
+        made = sum(min(batch_size, n - i * batch_size) for i in todo)
+        report["seconds_per_image"] = seconds["generate"] / made
+        report["feature_seconds_per_image"] = seconds["features"] / made
+        report["forward_passes_per_image"] = sum(steps) / len(steps)
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def score_features(features: torch.Tensor, logits: torch.Tensor, reference: Reference | None, *, kid_subsets: int = 100,
+                   kid_subset_size: int = 1000, pr_k: int = 3, is_splits: int = 10) -> dict[str, float]:  # fmt: skip
+    """FID/KID/precision/recall against ``reference`` (those it allows) and IS of ``logits``."""
+    out: dict[str, float] = {}
+    splits = min(is_splits, len(logits))
+    out["is"], out["is_std"] = inception_score(logits, splits)
+    if reference is None:
+        return out
+    if reference.stats.dim != features.shape[1]:
+        raise DataError(f"reference {reference.name} has {reference.stats.dim}-d features, the samples {features.shape[1]}-d")
+    out["fid"] = frechet_distance(FeatureStats.of(features), reference.stats)
+    if reference.features is not None:
+        out["kid"], out["kid_std"] = kernel_inception_distance(features, reference.features, subsets=kid_subsets,
+                                                               subset_size=kid_subset_size)  # fmt: skip
+        if min(len(features), len(reference.features)) > pr_k:
+            out["precision"], out["recall"] = precision_recall(reference.features, features, k=pr_k)
+    return out

@@ -14,6 +14,7 @@ from arvision.modeling import PretrainedModel, load_model, read_model_config
 
 if TYPE_CHECKING:
     from arvision.pipeline import Pipeline
+    from arvision.tokenizers import Tokenizer
 
 
 def shipped_models_dir() -> Path:
@@ -57,3 +58,25 @@ def load(name_or_path: str | os.PathLike, *, device: str | torch.device = "cpu")
     if read_model_config(path)["model_type"].endswith("_generator"):
         return Pipeline.from_pretrained(path, device=device)
     return load_model(path, map_location=device)
+
+
+def load_pipeline(name_or_path: str | os.PathLike, *, device: str | torch.device = "cpu") -> "Pipeline":
+    """:func:`load`, insisting on a generator pipeline (a clear error for a tokenizer or classifier)."""
+    from arvision.pipeline import Pipeline
+
+    obj = load(name_or_path, device=device)
+    if not isinstance(obj, Pipeline):
+        raise ValueError(f"{name_or_path} is a {obj.model_type} model, not a generator: pass a generator (e.g. mnist-raster)")
+    return obj
+
+
+def load_tokenizer(name_or_path: str | os.PathLike, *, device: str | torch.device = "cpu") -> "Tokenizer":
+    """:func:`load`, insisting on a tokenizer; a generator directory is pointed to its ``tokenizer/``."""
+    from arvision.tokenizers import Tokenizer
+
+    obj = load(name_or_path, device=device)
+    if isinstance(obj, Tokenizer):
+        return obj
+    if isinstance(obj, PretrainedModel):
+        raise ValueError(f"{name_or_path} is a {obj.model_type} model, not a tokenizer: pass a tokenizer (e.g. mnist-vq)")
+    raise ValueError(f"{name_or_path} is a generator, not a tokenizer: its tokenizer is {resolve(name_or_path) / 'tokenizer'}")

@@ -11,7 +11,7 @@ from arvision.errors import ArvisionError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from arvision.cli import demo, generate, models, reconstruct, train
+    from arvision.cli import demo, eval, generate, models, reconstruct, train
 
     parser = argparse.ArgumentParser(
         prog="arvision",
@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"arvision {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     demo.register(sub)
+    eval.register(sub)
     generate.register(sub)
     models.register(sub)
     reconstruct.register(sub)

@@ -6,8 +6,7 @@ import argparse
 from pathlib import Path
 
 from arvision.data.images import save_image
-from arvision.hub import load
-from arvision.pipeline import Pipeline
+from arvision.hub import load_pipeline
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -15,18 +14,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", help="generator directory or shipped name (e.g. mnist-raster, mnist-scale)")
     p.add_argument("--classes", help="comma-separated class ids (default: every class)")
     p.add_argument("-n", type=int, default=8, help="samples per class (default: %(default)s)")
-    p.add_argument("--cfg", type=float, help="guidance strength (default: the model's; see --cfg-schedule)")
-    p.add_argument("--cfg-schedule", choices=["constant", "linear"], help="constant (LlamaGen) or linear ramp (VAR)")
-    p.add_argument("--cfg-interval", type=int, help="guide only the first steps (LlamaGen's cfg_interval; -1 = all)")
-    p.add_argument("--temperature", type=float)
-    p.add_argument("--top-k", type=int, help="0 = off, 1 = greedy")
-    p.add_argument("--top-p", type=float, help="0 or 1 = off")
+    add_sampling_args(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("-o", "--output", default="samples.png", help="PNG grid, one row per class (default: %(default)s)")
     p.add_argument("--save-individual", metavar="DIR", help="also write every sample as DIR/CLASS_INDEX.png")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=run)
+
+
+def add_sampling_args(p: argparse.ArgumentParser) -> None:
+    """The sampling options every sampling command takes (defaults: the model's own)."""
+    p.add_argument("--cfg", type=float, help="guidance strength (default: the model's; see --cfg-schedule)")
+    p.add_argument("--cfg-schedule", choices=["constant", "linear"], help="constant (LlamaGen) or linear ramp (VAR)")
+    p.add_argument("--cfg-interval", type=int, help="guide only the first steps (LlamaGen's cfg_interval; -1 = all)")
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--top-k", type=int, help="0 = off, 1 = greedy")
+    p.add_argument("--top-p", type=float, help="0 or 1 = off")
+
+
+def sampling_kwargs(args: argparse.Namespace) -> dict:
+    return {"cfg": args.cfg, "cfg_schedule": args.cfg_schedule, "cfg_interval": args.cfg_interval,
+            "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p}  # fmt: skip
 
 
 def parse_classes(text: str | None) -> list[int] | None:
@@ -39,14 +48,10 @@ def parse_classes(text: str | None) -> list[int] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    pipe = load(args.model, device=args.device)
-    if not isinstance(pipe, Pipeline):
-        raise ValueError(f"{args.model} is a {pipe.model_type}, not a generator (use `arvision reconstruct` for tokenizers)")
+    pipe = load_pipeline(args.model, device=args.device)
     out = pipe.sample(
-        parse_classes(args.classes), args.n, seed=args.seed, batch_size=args.batch_size, progress=True,
-        cfg=args.cfg, cfg_schedule=args.cfg_schedule, cfg_interval=args.cfg_interval, temperature=args.temperature,
-        top_k=args.top_k, top_p=args.top_p,
-    )  # fmt: skip
+        parse_classes(args.classes), args.n, seed=args.seed, batch_size=args.batch_size, progress=True, **sampling_kwargs(args)
+    )
     path = save_image(out.images * 2 - 1, args.output, nrow=args.n)
     if args.save_individual:
         d = Path(args.save_individual)

@@ -8,9 +8,8 @@ import time
 import torch
 
 from arvision.data.images import load_image, save_image
-from arvision.hub import load
+from arvision.hub import load_tokenizer
 from arvision.metrics import ReconstructionMeter
-from arvision.tokenizers import Tokenizer
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,9 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    tok = load(args.model, device=args.device)
-    if not isinstance(tok, Tokenizer):
-        raise ValueError(f"{args.model} is a {tok.model_type}, not a tokenizer")
+    tok = load_tokenizer(args.model, device=args.device)
     c = tok.config
     x = torch.stack([load_image(p, c.image_size, c.in_channels) for p in args.images]).to(args.device)
     t0 = time.perf_counter()
