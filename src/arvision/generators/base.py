@@ -152,6 +152,16 @@ class Generator(PretrainedModel):
         drop = torch.rand(labels_B.shape, generator=generator, device=labels_B.device) < p
         return torch.where(drop, torch.full_like(labels_B, self.null_class), labels_B)
 
+    def training_inputs(self, tokens_BL: Tensor, labels_B: Tensor, tokenizer,
+                        generator: torch.Generator | None = None) -> tuple[dict, dict]:  # fmt: skip
+        """(keyword arguments of ``forward``, extras for :meth:`training_loss`) for a batch of
+        tokenised images; the training loop calls ``model(**inputs)`` so DDP sees the forward."""
+        return {"tokens_BL": tokens_BL, "labels_B": labels_B}, {}
+
+    def training_loss(self, logits_BLV: Tensor, tokens_BL: Tensor, extra: dict) -> tuple[Tensor, Tensor]:
+        """(loss, token accuracy) of the logits ``forward`` returned for :meth:`training_inputs`."""
+        return self.loss(logits_BLV, tokens_BL)
+
     def loss(self, logits_BLV: Tensor, tokens_BL: Tensor, weights_L: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Cross-entropy (per-token, optionally weighted over positions) and token accuracy."""
         ce_BL = F.cross_entropy(logits_BLV.flatten(0, 1).float(), tokens_BL.flatten(), reduction="none").view(tokens_BL.shape)

@@ -97,6 +97,15 @@ class NextScaleGenerator(Generator):
         x = torch.cat([sos, self.word_embed(x_BLCv.float())], 1) + self._lvl_pos(0, self.num_tokens)
         return self.head(self.transformer(x, cond_BD=cond, attn_mask=self.attn_mask))
 
+    def training_inputs(self, tokens_BL: Tensor, labels_B: Tensor, tokenizer,
+                        generator: torch.Generator | None = None) -> tuple[dict, dict]:  # fmt: skip
+        with torch.no_grad():
+            x_in = tokenizer.teacher_forcing_input(tokens_BL)
+        return {"labels_B": labels_B, "x_BLCv": x_in}, {}
+
+    def training_loss(self, logits_BLV: Tensor, tokens_BL: Tensor, extra: dict) -> tuple[Tensor, Tensor]:
+        return self.loss(logits_BLV, tokens_BL, self.loss_weights_L)
+
     def step(self, si: int, cond_BD: Tensor, x_BlCv: Tensor | None, cache) -> Tensor:
         """Logits (B, pn_si^2, V) of scale ``si``; ``x_BlCv`` is its input from ``next_scale_input`` (None for si=0).
 

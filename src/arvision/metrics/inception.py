@@ -218,9 +218,11 @@ class FIDInceptionV3(nn.Module):
         x = images.to(self.fc.weight.device)
         x = x.to(dtype) if x.dtype == torch.uint8 else x.to(dtype) * 255
         if self.preprocess == "tf":
-            return (tf_resize_299(x) - 128) / 128
-        x = F.interpolate(x / 255, size=(299, 299), mode="bilinear", align_corners=False)
-        return 2 * x - 1
+            x = (tf_resize_299(x) - 128) / 128
+        else:
+            x = 2 * F.interpolate(x / 255, size=(299, 299), mode="bilinear", align_corners=False) - 1
+        channels_last = self.Conv2d_1a_3x3.conv.weight.is_contiguous(memory_format=torch.channels_last)
+        return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
     def forward(self, images: Tensor, names: tuple[str, ...] = ("2048",)) -> dict[str, Tensor]:
         unknown = set(names) - set(FEATURE_NAMES)
@@ -311,4 +313,7 @@ def load_inception(path: str | os.PathLike | None = None, *, preprocess: Preproc
             v.copy_(src.to(v.dtype) if v.is_floating_point() else src)
         elif k.endswith("num_batches_tracked"):
             v.zero_()
-    return model.to(device=device, dtype=dtype).eval()
+    model = model.to(device=device, dtype=dtype).eval()
+    if model.fc.weight.device.type == "cpu":  # ~25% faster convolutions on CPU; changes features by ~1e-5 relative
+        model = model.to(memory_format=torch.channels_last)
+    return model

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from arvision.data import get_dataset
 from arvision.evaluate import ordered_batches
-from arvision.generators import Generator, NextScaleGenerator
+from arvision.generators import Generator
 from arvision.hub import load, resolve
 from arvision.modeling import _REGISTRY, _sha256
 from arvision.pipeline import Pipeline
@@ -132,6 +132,7 @@ def train_generator(
     opt = make_adamw(model, tc, no_decay=lambda name, p: p.ndim < 2 or "emb" in name or "pos_" in name)
     ema_model = copy.deepcopy(model).requires_grad_(False) if tc.ema > 0 else None
     drop_rng = torch.Generator().manual_seed(tc.seed + 1)
+    mask_rng = torch.Generator(device=device)  # order-specific randomness (masking), reseeded per step: resumable
     start = 0
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
@@ -144,7 +145,6 @@ def train_generator(
     if ema_model is not None:
         ema_model.to(device)
     ddp = torch.nn.parallel.DistributedDataParallel(model) if info.enabled else model
-    next_scale = isinstance(model, NextScaleGenerator)
 
     def checkpoint(step: int) -> None:
         if info.is_main:
@@ -163,13 +163,9 @@ def train_generator(
             idx_t = torch.tensor(idx)
             labels = model.drop_labels(labels_all[idx_t], drop_rng)[info.rank :: info.world_size].to(device)
             tokens = tokens_all[idx_t][info.rank :: info.world_size].to(device)
-            if next_scale:
-                with torch.no_grad():
-                    x_in = tok.teacher_forcing_input(tokens)
-                logits = ddp(labels, x_in)
-            else:
-                logits = ddp(tokens, labels)
-            loss, acc = model.loss(logits, tokens, model.loss_weights_L if next_scale else None)
+            mask_rng.manual_seed(tc.seed * 1_000_003 + step * 1009 + info.rank)
+            inputs, extra = model.training_inputs(tokens, labels, tok, mask_rng)
+            loss, acc = model.training_loss(ddp(**inputs), tokens, extra)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower --lr")
             opt.zero_grad(set_to_none=True)

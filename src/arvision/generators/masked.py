@@ -1,0 +1,99 @@
+"""Masked generation (MaskGIT; Chang et al. 2022, arXiv:2202.04200): bidirectional, any order.
+
+Every step sees the whole grid: known tokens, and a ``[MASK]`` id (= V) where a token is still
+unknown. Training masks a random share ``cos(pi/2 * u)``, u ~ U(0, 1), of each grid and predicts
+the masked tokens; sampling starts from an all-masked grid and reveals the most confident
+predictions in S steps (``samplers.masked``), so S is chosen at sampling time, not at training
+time. With a random order and discrete tokens this is also MAR's setting (Li et al. 2024).
+
+The class is a prefix token (or AdaLN), positions are 2D RoPE over the grid, attention is
+bidirectional (no mask, no KV cache: every step recomputes the grid).
+
+Legend: B batch, L tokens (grid side n, L = n*n), C width, V vocabulary (mask id = V).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from arvision.generators.base import Generator, GeneratorConfig
+from arvision.generators.next_token import rope_2d_table
+from arvision.modeling import register_model
+
+
+@dataclass(frozen=True, kw_only=True)
+class MaskedConfig(GeneratorConfig):
+    """Args: grid_size: side n of the token grid (L = n^2)."""
+
+    grid_size: int = 16
+    rope_base: float = 10000.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.transformer.head_dim % 4:
+            raise ValueError("2D RoPE needs head_dim divisible by 4")
+
+
+def cosine_mask_ratio(u: Tensor) -> Tensor:
+    """MaskGIT's schedule: the share of masked tokens at progress u in [0, 1] (1 -> 0)."""
+    return torch.cos(u * (math.pi / 2))
+
+
+@register_model
+class MaskedGenerator(Generator):
+    """Class-conditional masked-token generator over a VQ token grid."""
+
+    model_type = "masked_generator"
+    config_class = MaskedConfig
+    config: MaskedConfig
+    order = "masked"
+    default_steps = 8
+
+    def __init__(self, config: MaskedConfig) -> None:
+        super().__init__(config)
+        self.tok_embeddings = nn.Embedding(config.vocab_size + 1, config.transformer.width)  # + [MASK]
+        prefix = 1 if config.transformer.conditioning == "prefix" else 0
+        table = rope_2d_table(config.grid_size, config.transformer.head_dim, config.rope_base, num_prefix=prefix)
+        self.register_buffer("rope_table", table, persistent=False)
+        self.init_weights()
+
+    @property
+    def mask_id(self) -> int:
+        return self.config.vocab_size
+
+    @property
+    def num_tokens(self) -> int:
+        return self.config.grid_size**2
+
+    @property
+    def num_steps(self) -> int:
+        return self.default_steps
+
+    def forward(self, tokens_BL: Tensor, labels_B: Tensor) -> Tensor:
+        """Logits (B, L, V) for every grid position given a partly masked grid (mask id = V)."""
+        x = self.tok_embeddings(tokens_BL)
+        cond = self.class_emb(labels_B)
+        if self.config.transformer.conditioning == "prefix":
+            h = self.transformer(torch.cat([cond.unsqueeze(1), x], 1), rope=self.rope_table)[:, 1:]
+        else:
+            h = self.transformer(x, cond_BD=cond, rope=self.rope_table)
+        return self.head(h)
+
+    def training_inputs(self, tokens_BL: Tensor, labels_B: Tensor, tokenizer,
+                        generator: torch.Generator | None = None) -> tuple[dict, dict]:  # fmt: skip
+        """Mask ceil(L * cos(pi/2 u)) random positions of each grid (at least one)."""
+        B, L = tokens_BL.shape
+        u = torch.rand(B, 1, generator=generator, device=tokens_BL.device)
+        n_mask = (cosine_mask_ratio(u) * L).ceil().clamp(1, L)
+        rank = torch.rand(B, L, generator=generator, device=tokens_BL.device).argsort(1).argsort(1)
+        masked = rank < n_mask
+        return {"tokens_BL": torch.where(masked, self.mask_id, tokens_BL), "labels_B": labels_B}, {"masked_BL": masked}
+
+    def training_loss(self, logits_BLV: Tensor, tokens_BL: Tensor, extra: dict) -> tuple[Tensor, Tensor]:
+        """Cross-entropy and accuracy over the masked positions only."""
+        m = extra["masked_BL"]
+        return self.loss(logits_BLV[m].unsqueeze(0), tokens_BL[m].unsqueeze(0))
