@@ -1,10 +1,33 @@
 """Official checkpoints -> arvision models.
 
-For now this holds the key mappings (``keys.py``), verified against the official fixtures in
-``tests/test_official_parity.py``. The user-facing converters (reading the official files safely,
-inferring the architecture, ``arvision convert``) are issue #4.
+* :func:`from_var` (VAR VQVAE + transformer) and :func:`from_llamagen` (LlamaGen VQ + c2i GPT)
+  read the official files, infer the architecture from the tensors and return a
+  :class:`~arvision.Pipeline` that reproduces the official outputs; ``pipe.save_pretrained(dir)``
+  writes an arvision model directory (``arvision convert var|llamagen`` does both).
+* :func:`read_checkpoint` reads a ``.pth``/``.pt``/``.safetensors`` file safely
+  (``weights_only``; ``{"model"}``/``{"module"}``/``{"state_dict"}``/``{"ema"}`` containers,
+  ``_orig_mod.``/``module.`` prefixes).
+* ``keys.py``: the key mappings, verified against the official fixtures in
+  ``tests/test_official_parity.py``.
+
+User documentation: docs/convert.md.
 """
 
+from arvision.convert.checkpoint import read_checkpoint
 from arvision.convert.keys import llamagen_gpt_state, llamagen_vq_state, var_state, var_vae_state
+from arvision.convert.llamagen import build_llamagen, from_llamagen, infer_llamagen
+from arvision.convert.var import build_var, from_var, infer_var
 
-__all__ = ["llamagen_gpt_state", "llamagen_vq_state", "var_state", "var_vae_state"]
+__all__ = [
+    "build_llamagen",
+    "build_var",
+    "from_llamagen",
+    "from_var",
+    "infer_llamagen",
+    "infer_var",
+    "llamagen_gpt_state",
+    "llamagen_vq_state",
+    "read_checkpoint",
+    "var_state",
+    "var_vae_state",
+]
