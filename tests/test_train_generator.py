@@ -28,7 +28,8 @@ def tiny_tokenizers(tmp_path_factory):
     return out
 
 
-ORDERS = [("tiny-raster", "tiny-vq"), ("tiny-scale", "tiny-msvq")]
+ORDERS = [("tiny-raster", "tiny-vq"), ("tiny-scale", "tiny-msvq"), ("tiny-masked", "tiny-vq"), ("tiny-neighbor", "tiny-vq"),
+          ("tiny-markov-scale", "tiny-msvq")]
 
 
 @pytest.mark.parametrize("preset,tokenizer", ORDERS)

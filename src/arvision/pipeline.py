@@ -20,8 +20,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from arvision.errors import ModelFileError
-from arvision.generators import Generator, NextScaleGenerator, NextTokenGenerator, SamplingConfig
-from arvision.samplers import SamplingStats, sample_next_scale, sample_next_token
+from arvision.generators import Generator, SamplingConfig
+from arvision.samplers import SamplingStats, check_settings, sample_tokens
 from arvision.tokenizers import MultiScaleVQTokenizer, Tokenizer, VQTokenizer
 
 TOKENIZER_DIR = "tokenizer"
@@ -39,17 +39,17 @@ class GenerationOutput:
 
 def check_compatible(tokenizer: Tokenizer, generator: Generator) -> None:
     """A clear error when a generator cannot use this tokenizer."""
-    if isinstance(generator, NextScaleGenerator):
+    if generator.tokenizer_kind == "multiscale":
         if not isinstance(tokenizer, MultiScaleVQTokenizer):
-            raise ValueError(f"the next-scale order needs a multi-scale tokenizer, got a {tokenizer.model_type}")
+            raise ValueError(f"the {generator.order} order needs a multi-scale tokenizer (e.g. mnist-msvq), got a {tokenizer.model_type}")
         if tokenizer.patch_nums != generator.config.patch_nums or tokenizer.config.codebook_dim != generator.config.code_dim:
             raise ValueError(
                 f"tokenizer scales {tokenizer.patch_nums} / code dim {tokenizer.config.codebook_dim} do not match the "
                 f"generator's {generator.config.patch_nums} / {generator.config.code_dim}"
             )
-    elif isinstance(generator, NextTokenGenerator):
+    else:
         if not isinstance(tokenizer, VQTokenizer):
-            raise ValueError(f"the next-token order needs a VQ grid tokenizer, got a {tokenizer.model_type}")
+            raise ValueError(f"the {generator.order} order needs a VQ grid tokenizer (e.g. mnist-vq), got a {tokenizer.model_type}")
         if tokenizer.grid_size != generator.config.grid_size:
             raise ValueError(f"tokenizer grid {tokenizer.grid_size} != generator grid {generator.config.grid_size}")
     if tokenizer.codebook_size != generator.config.vocab_size:
@@ -117,10 +117,11 @@ class Pipeline:
         """Generate ``n_per_class`` samples of every class in ``classes`` (all of ``classes[0]`` first).
 
         Sampling options (``cfg``, ``cfg_schedule``, ``cfg_interval``, ``temperature``, ``top_k``,
-        ``top_p``) default to the model's own (``pipe.defaults``). ``seed`` seeds one
+        ``top_p``, ``num_steps``, ``choice_temperature``) default to the model's own (``pipe.defaults``). ``seed`` seeds one
         ``torch.Generator`` used for the whole call (None = nondeterministic).
         """
         s = self.sampling_config(**sampling)
+        check_settings(self.generator, s)
         labels = self.labels_for(classes, n_per_class)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -129,14 +130,9 @@ class Pipeline:
         stats, tokens, images = SamplingStats(), [], []
         for b in tqdm(range(0, len(labels), batch_size), desc="generate", disable=not progress, leave=False):
             lab = labels[b : b + batch_size]
-            if isinstance(self.generator, NextScaleGenerator):
-                tok, f_hat, st = sample_next_scale(self.generator, self.tokenizer, lab, s, gen)
-                if decode:
-                    images.append(self.tokenizer.fhat_to_images(f_hat))
-            else:
-                tok, st = sample_next_token(self.generator, lab, s, gen)
-                if decode:
-                    images.append(self.tokenizer.decode(tok))
+            tok, f_hat, st = sample_tokens(self.generator, self.tokenizer, lab, s, gen)
+            if decode:
+                images.append(self.tokenizer.decode(tok) if f_hat is None else self.tokenizer.fhat_to_images(f_hat))
             tokens.append(tok)
             stats += st
         self.last_stats = stats

@@ -6,7 +6,7 @@ A preset is a model config plus the training settings that go with it, so
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from arvision.config import Config
 from arvision.tokenizers import MultiScaleVQConfig, MultiScaleVQTokenizer, Tokenizer, VQConfig, VQTokenizer
@@ -114,7 +114,9 @@ def get_tokenizer_preset(name: str) -> TokenizerPreset:
 # Generators: a backbone + order; vocabulary, grid and scales come from the tokenizer.
 # ------------------------------------------------------------------------------------------
 
-from arvision.generators import NextScaleConfig, NextScaleGenerator, NextTokenConfig, NextTokenGenerator  # noqa: E402
+from arvision.generators import (  # noqa: E402
+    MarkovScaleGenerator, MaskedGenerator, NeighborGenerator, NextScaleGenerator, NextTokenGenerator,
+)  # fmt: skip
 from arvision.generators.base import Generator, GeneratorConfig, SamplingConfig  # noqa: E402
 from arvision.nn.transformer import TransformerConfig  # noqa: E402
 
@@ -150,26 +152,30 @@ class GeneratorTrainConfig(TrainConfig):
 
 @dataclass(frozen=True)
 class GeneratorPreset:
+    """Args: extra: order-specific config fields (e.g. ``refine`` of the Markovian next-scale order)."""
+
     description: str
     model_class: type[Generator]
     transformer: TransformerConfig
     tokenizer: str  # default tokenizer (shipped name or preset) the generator is trained on
     train: GeneratorTrainConfig
     sampling: SamplingConfig
+    extra: dict = field(default_factory=dict)
 
     def build_config(self, tokenizer: Tokenizer, num_classes: int) -> GeneratorConfig:
-        """The generator config for this tokenizer and number of classes."""
+        """The generator config for this tokenizer and number of classes (a clear error if the order cannot use it)."""
+        cls = self.model_class
         common = dict(transformer=self.transformer, vocab_size=tokenizer.codebook_size, num_classes=num_classes,
-                      sampling=self.sampling)  # fmt: skip
-        if self.model_class is NextScaleGenerator:
+                      sampling=self.sampling, **self.extra)  # fmt: skip
+        if cls.tokenizer_kind == "multiscale":
             if not isinstance(tokenizer, MultiScaleVQTokenizer):
                 raise ValueError(
-                    f"the next-scale order needs a multi-scale tokenizer (e.g. mnist-msvq), got a {tokenizer.model_type}"
+                    f"the {cls.order} order needs a multi-scale tokenizer (e.g. mnist-msvq), got a {tokenizer.model_type}"
                 )
-            return NextScaleConfig(**common, patch_nums=tokenizer.patch_nums, code_dim=tokenizer.config.codebook_dim)
+            return cls.config_class(**common, patch_nums=tokenizer.patch_nums, code_dim=tokenizer.config.codebook_dim)
         if not isinstance(tokenizer, VQTokenizer):
-            raise ValueError(f"the next-token order needs a VQ grid tokenizer (e.g. mnist-vq), got a {tokenizer.model_type}")
-        return NextTokenConfig(**common, grid_size=tokenizer.grid_size, positions="rope2d")
+            raise ValueError(f"the {cls.order} order needs a VQ grid tokenizer (e.g. mnist-vq), got a {tokenizer.model_type}")
+        return cls.config_class(**common, grid_size=tokenizer.grid_size)
 
 
 _TINY_GEN_TRAIN = GeneratorTrainConfig(steps=4, batch_size=8, warmup_steps=1, ckpt_every=2)
@@ -179,6 +185,13 @@ GENERATOR_PRESETS: dict[str, GeneratorPreset] = {
                                    llamagen_backbone(2, 32, 2), "tiny-vq", _TINY_GEN_TRAIN, SamplingConfig(cfg=2.0)),
     "tiny-scale": GeneratorPreset("tiny next-scale generator for tests", NextScaleGenerator, var_backbone(2, 32, 2),
                                   "tiny-msvq", _TINY_GEN_TRAIN, SamplingConfig(cfg=1.5, cfg_schedule="linear")),
+    "tiny-masked": GeneratorPreset("tiny masked (MaskGIT-style) generator for tests", MaskedGenerator,
+                                   llamagen_backbone(2, 32, 2), "tiny-vq", _TINY_GEN_TRAIN, SamplingConfig(cfg=2.0)),
+    "tiny-neighbor": GeneratorPreset("tiny next-neighbour generator for tests", NeighborGenerator,
+                                     llamagen_backbone(2, 32, 2), "tiny-vq", _TINY_GEN_TRAIN, SamplingConfig(cfg=2.0)),
+    "tiny-markov-scale": GeneratorPreset("tiny Markovian next-scale generator (with refinement) for tests",
+                                         MarkovScaleGenerator, var_backbone(2, 32, 2), "tiny-msvq", _TINY_GEN_TRAIN,
+                                         SamplingConfig(cfg=1.5, cfg_schedule="linear"), {"refine": True}),
     "mnist-raster": GeneratorPreset(
         "MNIST class-conditional raster next-token generator (LlamaGen-style) on mnist-vq, 7x7 tokens",
         NextTokenGenerator, llamagen_backbone(6, 128, 4), "mnist-vq",
@@ -188,6 +201,22 @@ GENERATOR_PRESETS: dict[str, GeneratorPreset] = {
         "MNIST class-conditional next-scale generator (VAR-style) on mnist-msvq, scales 1-7",
         NextScaleGenerator, var_backbone(6, 128, 4), "mnist-msvq",
         GeneratorTrainConfig(steps=1500, batch_size=64, lr=2e-3), SamplingConfig(cfg=2.0, cfg_schedule="linear"),
+    ),  # fmt: skip
+    "mnist-masked": GeneratorPreset(
+        "MNIST class-conditional masked generator (MaskGIT-style, 8 steps by default) on mnist-vq, 7x7 tokens",
+        MaskedGenerator, llamagen_backbone(6, 128, 4), "mnist-vq",
+        GeneratorTrainConfig(steps=2500, batch_size=64, lr=2e-3), SamplingConfig(cfg=2.0),
+    ),  # fmt: skip
+    "mnist-neighbor": GeneratorPreset(
+        "MNIST class-conditional next-neighbour generator (NAR-style, 13 ring steps) on mnist-vq, 7x7 tokens",
+        NeighborGenerator, llamagen_backbone(6, 128, 4), "mnist-vq",
+        GeneratorTrainConfig(steps=2500, batch_size=64, lr=2e-3), SamplingConfig(cfg=2.0),
+    ),  # fmt: skip
+    "mnist-markov-scale": GeneratorPreset(
+        "MNIST class-conditional Markovian next-scale generator (HMAR-style, no KV cache, optional refinement) on mnist-msvq",
+        MarkovScaleGenerator, var_backbone(6, 128, 4), "mnist-msvq",
+        GeneratorTrainConfig(steps=1500, batch_size=64, lr=2e-3), SamplingConfig(cfg=2.0, cfg_schedule="linear"),
+        {"refine": True},
     ),  # fmt: skip
     # Official architectures (random weights here; real weights through `arvision convert`).
     "gpt-b": GeneratorPreset("LlamaGen GPT-B (12 layers, width 768), 256 tokens", NextTokenGenerator,

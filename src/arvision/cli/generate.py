@@ -31,11 +31,16 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float)
     p.add_argument("--top-k", type=int, help="0 = off, 1 = greedy")
     p.add_argument("--top-p", type=float, help="0 or 1 = off")
+    p.add_argument("--steps", type=int, dest="num_steps",
+                   help="decoding steps where the order lets you choose (masked: whole grid, default 8; "
+                        "markov-scale: refinement steps per scale, default 1)")  # fmt: skip
+    p.add_argument("--choice-temperature", type=float, help="Gumbel noise on masked-step confidences (default 4.5)")
 
 
 def sampling_kwargs(args: argparse.Namespace) -> dict:
     return {"cfg": args.cfg, "cfg_schedule": args.cfg_schedule, "cfg_interval": args.cfg_interval,
-            "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p}  # fmt: skip
+            "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "num_steps": args.num_steps,
+            "choice_temperature": args.choice_temperature}  # fmt: skip
 
 
 def parse_classes(text: str | None) -> list[int] | None:

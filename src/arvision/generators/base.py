@@ -36,6 +36,11 @@ class SamplingConfig(Config):
       0 = off. The weight ramps from 0 at the first step to ``cfg`` at the last.
 
     ``top_k`` 0 and ``top_p`` 0 (or 1) disable the filters; ``top_k=1`` is greedy decoding.
+
+    Orders whose number of decoding steps is a sampling choice read ``num_steps`` (masked: steps
+    for the whole grid; Markovian next-scale with refinement: steps per scale); None = the
+    model's default. ``choice_temperature`` scales the annealed Gumbel noise added to the
+    confidences that decide which tokens a masked step keeps (MaskGIT: 4.5).
     """
 
     cfg: float = 1.0
@@ -44,6 +49,8 @@ class SamplingConfig(Config):
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 0.0
+    num_steps: int | None = None
+    choice_temperature: float = 4.5
 
     def __post_init__(self) -> None:
         if self.cfg_schedule not in CFG_SCHEDULES:
@@ -58,6 +65,10 @@ class SamplingConfig(Config):
             raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
         if not 0 <= self.top_p <= 1:
             raise ValueError(f"top_p must be in [0, 1] (0 or 1 = off), got {self.top_p}")
+        if self.num_steps is not None and (isinstance(self.num_steps, bool) or self.num_steps < 1):
+            raise ValueError(f"num_steps must be a positive number of decoding steps (None = the model's default), got {self.num_steps}")
+        if not self.choice_temperature >= 0:
+            raise ValueError(f"choice_temperature must be >= 0, got {self.choice_temperature}")
 
     def guided(self) -> bool:
         return self.cfg != (1.0 if self.cfg_schedule == "constant" else 0.0)
@@ -97,6 +108,7 @@ class Generator(PretrainedModel):
 
     config: GeneratorConfig
     order: str  # name of the generation order, e.g. "next-token"
+    tokenizer_kind = "grid"  # "grid": a VQ token grid (config.grid_size); "multiscale": a multi-scale tokenizer
 
     def __init__(self, config: GeneratorConfig) -> None:
         super().__init__(config)

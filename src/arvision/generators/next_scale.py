@@ -48,6 +48,7 @@ class NextScaleGenerator(Generator):
     config_class = NextScaleConfig
     config: NextScaleConfig
     order = "next-scale"
+    tokenizer_kind = "multiscale"
 
     def __init__(self, config: NextScaleConfig) -> None:
         super().__init__(config)

@@ -47,11 +47,11 @@ class SamplingStats:
         return self.seconds / max(self.images, 1)
 
 
-def _with_null(model, labels_B: Tensor, guided: bool) -> Tensor:
+def with_null(model, labels_B: Tensor, guided: bool) -> Tensor:
     return torch.cat([labels_B, torch.full_like(labels_B, model.null_class)]) if guided else labels_B
 
 
-def _guide(logits: Tensor, B: int, s: SamplingConfig, step: int, num_steps: int, use_cfg: bool) -> Tensor:
+def guide(logits: Tensor, B: int, s: SamplingConfig, step: int, num_steps: int, use_cfg: bool) -> Tensor:
     if logits.shape[0] == B:
         return logits
     if not use_cfg:
@@ -65,14 +65,14 @@ def sample_next_token(model: NextTokenGenerator, labels_B: Tensor, s: SamplingCo
     """Raster decoding with a KV cache: one prefill (class token) and L-1 single-token steps."""
     t0 = time.perf_counter()
     B, L, guided = labels_B.shape[0], model.num_tokens, s.guided()
-    labels_in = _with_null(model, labels_B, guided)
+    labels_in = with_null(model, labels_B, guided)
     cache = model.new_cache(labels_in.shape[0])
     logits = model.step(labels_in, None, cache)[:, -1]
     out = torch.empty(B, L, dtype=torch.long, device=labels_B.device)
     for i in range(L):
         # LlamaGen's cfg_interval: the prefill always guides; decode step i-1 guides iff i-1 <= interval.
         use_cfg = i == 0 or s.cfg_interval < 0 or i - 1 <= s.cfg_interval
-        guided_logits = _guide(logits, B, s, i, L, use_cfg)
+        guided_logits = guide(logits, B, s, i, L, use_cfg)
         tok = sample_logits(guided_logits, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, generator=generator)
         out[:, i] = tok
         if i < L - 1:
@@ -87,14 +87,14 @@ def sample_next_scale(model: NextScaleGenerator, tokenizer, labels_B: Tensor, s:
     """Next-scale decoding: one forward pass per scale; returns (tokens (B, L), final f_hat, stats)."""
     t0 = time.perf_counter()
     B, guided = labels_B.shape[0], s.guided()
-    labels_in = _with_null(model, labels_B, guided)
+    labels_in = with_null(model, labels_B, guided)
     cond = model.class_emb(labels_in)
     cache = model.new_cache(labels_in.shape[0])
     f_hat = tokenizer.empty_fhat(B)
     x_next, pieces = None, []
     S = len(model.config.patch_nums)
     for si in range(S):
-        logits = _guide(model.step(si, cond, x_next, cache), B, s, si, S, True)
+        logits = guide(model.step(si, cond, x_next, cache), B, s, si, S, True)
         V = logits.shape[-1]
         idx = sample_logits(logits.reshape(-1, V), temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
                             generator=generator).view(B, -1)  # fmt: skip

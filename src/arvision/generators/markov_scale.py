@@ -1,0 +1,116 @@
+"""Markovian next-scale generation (HMAR, Kumbong et al. 2025, arXiv:2506.04421; MVAR, 2025).
+
+As in VAR, step k predicts all pn_k x pn_k tokens of scale k from the multi-scale tokenizer's
+accumulated latent after scales < k, area-downsampled to pn_k. That latent already sums every
+earlier scale, so HMAR conditions scale k on it *alone*: attention is block-diagonal (a scale
+attends only to itself) instead of VAR's block-causal mask, and sampling keeps no KV cache: each
+step is one forward pass over pn_k^2 positions, whatever the number of earlier scales.
+
+Optional masked refinement inside a scale (HMAR's several steps per scale, ``refine=True``): each
+position also receives the embedding of its token of this scale, or of ``[MASK]`` (id V) while
+it is unknown. Training masks a cosine-scheduled share of every scale (a whole scale in half of
+the examples, so one step per scale stays good); sampling with ``num_steps`` R > 1 reveals a scale
+in R MaskGIT steps (``samplers.masked``). R = 1 is plain Markovian next-scale.
+
+Legend: B batch, L tokens over all scales, C width, Cv code dimension, V vocabulary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from arvision.generators.masked import cosine_mask_ratio
+from arvision.generators.next_scale import NextScaleConfig, NextScaleGenerator
+from arvision.modeling import register_model
+from arvision.nn.transformer import group_causal_mask
+
+
+@dataclass(frozen=True, kw_only=True)
+class MarkovScaleConfig(NextScaleConfig):
+    """Args: refine: learn masked refinement inside a scale (a token embedding with a mask id)."""
+
+    refine: bool = False
+
+
+def same_group_mask(groups_q: Tensor, groups_k: Tensor) -> Tensor:
+    """Boolean (Lq, Lk) block-diagonal mask: i may attend j iff both are in the same group."""
+    return group_causal_mask(groups_q, groups_k) & group_causal_mask(groups_k, groups_q).T
+
+
+@register_model
+class MarkovScaleGenerator(NextScaleGenerator):
+    """Next-scale generator whose scales depend only on the accumulated latent of the previous one."""
+
+    model_type = "markov_scale_generator"
+    config_class = MarkovScaleConfig
+    config: MarkovScaleConfig
+    order = "markov-scale"
+
+    def __init__(self, config: MarkovScaleConfig) -> None:
+        super().__init__(config)
+        self.attn_mask = same_group_mask(self.lvl_1L[0], self.lvl_1L[0])
+        if config.refine:
+            self.tok_embeddings = nn.Embedding(config.vocab_size + 1, config.transformer.width)  # + [MASK]
+            nn.init.trunc_normal_(self.tok_embeddings.weight, std=(1 / config.transformer.width / 3) ** 0.5)
+
+    @property
+    def mask_id(self) -> int:
+        return self.config.vocab_size
+
+    def new_cache(self, batch_size: int):
+        return None  # every scale sees only itself: nothing to cache
+
+    def _inputs(self, cond_BD: Tensor, x_BlCv: Tensor | None, start: int, end: int, tokens_Bl: Tensor | None) -> Tensor:
+        if start == 0:
+            x = cond_BD.unsqueeze(1).expand(-1, self.first_len, -1) + self.pos_start
+            if x_BlCv is not None:  # the teacher-forced input of every later scale
+                x = torch.cat([x, self.word_embed(x_BlCv.float())], 1)
+        else:
+            x = self.word_embed(x_BlCv.float())
+        x = x + self._lvl_pos(start, end)
+        if self.config.refine:
+            if tokens_Bl is None:
+                tokens_Bl = torch.full(x.shape[:2], self.mask_id, dtype=torch.long, device=x.device)
+            x = x + self.tok_embeddings(tokens_Bl)
+        return x
+
+    def forward(self, labels_B: Tensor, x_BLCv: Tensor, tokens_BL: Tensor | None = None) -> Tensor:
+        """Teacher-forced logits (B, L, V); ``tokens_BL``: the partly masked tokens (``refine`` only)."""
+        cond = self._cond(labels_B)
+        x = self._inputs(cond, x_BLCv, 0, self.num_tokens, tokens_BL)
+        return self.head(self.transformer(x, cond_BD=cond, attn_mask=self.attn_mask))
+
+    def training_inputs(self, tokens_BL: Tensor, labels_B: Tensor, tokenizer,
+                        generator: torch.Generator | None = None) -> tuple[dict, dict]:  # fmt: skip
+        inputs, extra = super().training_inputs(tokens_BL, labels_B, tokenizer, generator)
+        if not self.config.refine:
+            return inputs, extra
+        B, L = tokens_BL.shape
+        dev = tokens_BL.device
+        masked = torch.zeros(B, L, dtype=torch.bool, device=dev)
+        whole = torch.rand(B, 1, generator=generator, device=dev) < 0.5  # whole scale masked: one step per scale
+        for start, end in self.scale_ranges:
+            n = end - start
+            u = torch.rand(B, 1, generator=generator, device=dev)
+            n_mask = torch.where(whole, n, (cosine_mask_ratio(u) * n).ceil().clamp(1, n))
+            rank = torch.rand(B, n, generator=generator, device=dev).argsort(1).argsort(1)
+            masked[:, start:end] = rank < n_mask
+        inputs["tokens_BL"] = torch.where(masked, self.mask_id, tokens_BL)
+        return inputs, {"masked_BL": masked}
+
+    def training_loss(self, logits_BLV: Tensor, tokens_BL: Tensor, extra: dict) -> tuple[Tensor, Tensor]:
+        if "masked_BL" not in extra:
+            return super().training_loss(logits_BLV, tokens_BL, extra)
+        m = extra["masked_BL"]
+        w = self.loss_weights_L.expand_as(m)[m] if self.loss_weights_L is not None else None
+        return self.loss(logits_BLV[m].unsqueeze(0), tokens_BL[m].unsqueeze(0), w)
+
+    def step(self, si: int, cond_BD: Tensor, x_BlCv: Tensor | None, cache=None, tokens_Bl: Tensor | None = None) -> Tensor:
+        """Logits (B, pn_si^2, V) of scale ``si`` from its input alone (no cache);
+        ``tokens_Bl``: this scale's tokens so far, mask id where unknown (``refine`` only)."""
+        start, end = self.scale_ranges[si]
+        x = self._inputs(cond_BD, x_BlCv, start, end, tokens_Bl)
+        return self.head(self.transformer(x, cond_BD=cond_BD))

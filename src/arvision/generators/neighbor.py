@@ -1,0 +1,129 @@
+"""Next-neighbour generation (NAR; He et al. 2025, "Neighboring Autoregressive Modeling",
+arXiv:2503.10696).
+
+Tokens are decoded in rings of growing Manhattan distance d = i + j from the top-left corner:
+ring 0 is cell (0, 0), ring d holds every cell with i + j = d. All cells of a ring are predicted
+in one forward pass from what is already known, so an n x n grid takes 2n - 1 passes instead of
+n^2.
+
+The sequence is [class token, then every cell except (0, 0) in ring order (row-major inside a
+ring)]. Sequence position p predicts cell ``order[p]``: the class token predicts (0, 0), and the
+position of cell (i, j) has as input the tokens of its two *earlier neighbours* (up (i-1, j) and
+left (i, j-1), both in ring d - 1; a border id V where a neighbour does not exist) plus the 2D
+RoPE of (i, j) itself. Attention is causal over rings: a position sees every position of its own
+ring and of earlier rings, so one ring's cells are predicted together while everything they may
+depend on is already decoded. (NAR predicts the right and lower neighbours with two
+dimension-oriented heads; this is the same ring order and context with one head and per-cell
+queries, which keeps it on the shared backbone.)
+
+Legend: B batch, L tokens (grid side n, L = n*n), T positions of one ring, C width, V vocabulary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from arvision.generators.base import Generator, GeneratorConfig
+from arvision.generators.next_token import rope_2d_table
+from arvision.modeling import register_model
+from arvision.nn.transformer import group_causal_mask
+
+
+@dataclass(frozen=True, kw_only=True)
+class NeighborConfig(GeneratorConfig):
+    """Args: grid_size: side n of the token grid (L = n^2)."""
+
+    grid_size: int = 16
+    rope_base: float = 10000.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.transformer.head_dim % 4:
+            raise ValueError("2D RoPE needs head_dim divisible by 4")
+        if self.transformer.conditioning != "prefix" and self.transformer.cond_dim < 1:
+            raise ValueError("AdaLN conditioning needs cond_dim")
+
+
+def ring_order(n: int) -> tuple[Tensor, Tensor]:
+    """(raster index of each cell in decoding order, its ring i + j): rings ascending, row-major inside."""
+    i, j = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
+    ring = (i + j).flatten()
+    order = sorted(range(n * n), key=lambda c: (int(ring[c]), c))
+    order_L = torch.tensor(order)
+    return order_L, ring[order_L]
+
+
+@register_model
+class NeighborGenerator(Generator):
+    """Class-conditional next-neighbour (ring-by-ring) generator over a VQ token grid."""
+
+    model_type = "neighbor_generator"
+    config_class = NeighborConfig
+    config: NeighborConfig
+    order = "next-neighbor"
+
+    def __init__(self, config: NeighborConfig) -> None:
+        super().__init__(config)
+        n, C, V = config.grid_size, config.transformer.width, config.vocab_size
+        self.up_embeddings = nn.Embedding(V + 1, C)  # + border id V
+        self.left_embeddings = nn.Embedding(V + 1, C)
+        order, ring = ring_order(n)
+        i, j = order // n, order % n
+        none = n * n  # index of the border column appended to the tokens
+        self.register_buffer("order_L", order, persistent=False)
+        self.register_buffer("inverse_order_L", order.argsort(), persistent=False)
+        self.register_buffer("ring_L", ring, persistent=False)
+        self.register_buffer("up_L", torch.where(i > 0, order - n, none), persistent=False)
+        self.register_buffer("left_L", torch.where(j > 0, order - 1, none), persistent=False)
+        self.register_buffer("attn_mask", group_causal_mask(ring, ring), persistent=False)
+        table = rope_2d_table(n, config.transformer.head_dim, config.rope_base, num_prefix=1)
+        seq_rows = torch.cat([torch.zeros(1, dtype=torch.long), 1 + order[1:]])  # class token: zero rotation
+        self.register_buffer("rope_table", table[seq_rows], persistent=False)
+        bounds = torch.searchsorted(ring, torch.arange(2 * n), right=False).tolist()
+        self.ring_ranges: list[tuple[int, int]] = list(zip(bounds[:-1], bounds[1:]))
+        self.init_weights()
+
+    @property
+    def num_tokens(self) -> int:
+        return self.config.grid_size**2
+
+    @property
+    def num_steps(self) -> int:
+        return 2 * self.config.grid_size - 1
+
+    def new_cache(self, batch_size: int):
+        return self.transformer.new_cache(batch_size, self.num_tokens)
+
+    def _embed(self, labels_B: Tensor, tokens_BL: Tensor, start: int, end: int) -> Tensor:
+        """Input embeddings of sequence positions [start, end) from raster tokens (unknown ones unused)."""
+        parts = []
+        if start == 0:
+            parts.append(self.class_emb(labels_B).unsqueeze(1))
+            start = 1
+        if end > start:
+            padded = torch.cat([tokens_BL, tokens_BL.new_full((tokens_BL.shape[0], 1), self.config.vocab_size)], 1)
+            up, left = padded[:, self.up_L[start:end]], padded[:, self.left_L[start:end]]
+            parts.append(self.up_embeddings(up) + self.left_embeddings(left))
+        return torch.cat(parts, 1)
+
+    def _cond(self, labels_B: Tensor) -> Tensor | None:
+        return self.class_emb(labels_B) if self.config.transformer.conditioning == "adaln" else None
+
+    def forward(self, tokens_BL: Tensor, labels_B: Tensor) -> Tensor:
+        """Teacher-forced logits (B, L, V) in raster order: each cell sees the class and earlier rings."""
+        x = self._embed(labels_B, tokens_BL, 0, self.num_tokens)
+        h = self.transformer(x, cond_BD=self._cond(labels_B), attn_mask=self.attn_mask, rope=self.rope_table)
+        return self.head(h)[:, self.inverse_order_L]
+
+    def step(self, ring: int, labels_B: Tensor, tokens_BL: Tensor, cache) -> Tensor:
+        """Logits (B, T, V) of the cells ``order_L[start:end]`` of ``ring``, given the decoded rings < ``ring``
+        (raster ``tokens_BL``) in ``cache``; the new positions see the cache and each other, so no mask."""
+        start, end = self.ring_ranges[ring]
+        if cache.length != start:
+            raise ValueError(f"cache holds {cache.length} positions; ring {ring} starts at {start}")
+        x = self._embed(labels_B, tokens_BL, start, end)
+        h = self.transformer(x, cond_BD=self._cond(labels_B), rope=self.rope_table[start:end], cache=cache)
+        return self.head(h)

@@ -1,0 +1,193 @@
+"""The masked, next-neighbour and Markovian next-scale orders: masks, caches, schedules, settings."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from arvision.generators import MarkovScaleGenerator, MaskedGenerator, NeighborGenerator, SamplingConfig
+from arvision.generators.masked import cosine_mask_ratio
+from arvision.pipeline import Pipeline
+from arvision.presets import GENERATOR_PRESETS
+from arvision.samplers import mask_schedule, reveal_step, sample_markov_scale, sample_neighbor
+
+from test_generators import build
+
+NEW_ORDERS = ["tiny-masked", "tiny-neighbor", "tiny-markov-scale"]
+
+
+def random_tokens(gen, B: int = 3) -> torch.Tensor:
+    return torch.randint(0, gen.config.vocab_size, (B, gen.num_tokens), generator=torch.Generator().manual_seed(1))
+
+
+def test_neighbor_ring_order_mask_and_dependencies_equal_a_naive_loop() -> None:
+    _, gen = build("tiny-neighbor")
+    n, L = gen.config.grid_size, gen.num_tokens
+    order = gen.order_L.tolist()
+    # order: rings of growing i + j, row-major inside a ring; starts at the corner
+    naive = [c for d in range(2 * n - 1) for c in range(L) if c // n + c % n == d]
+    assert order == naive and gen.num_steps == 2 * n - 1 == len(gen.ring_ranges)
+    ring = [c // n + c % n for c in order]
+    mask = [[ring[q] <= ring[p] for q in range(L)] for p in range(L)]
+    assert gen.attn_mask.tolist() == mask
+    # every cell's logits depend on the class and the tokens of earlier rings only
+    tokens, labels = random_tokens(gen), torch.tensor([1, 2, 3])
+    with torch.no_grad():
+        base = gen(tokens, labels)
+        for cell in (0, n + 1, L - 1):
+            d = cell // n + cell % n
+            same, earlier = tokens.clone(), tokens.clone()
+            later_cells = [c for c in range(L) if c // n + c % n >= d]
+            same[:, later_cells] = (same[:, later_cells] + 1) % gen.config.vocab_size
+            torch.testing.assert_close(gen(same, labels)[:, cell], base[:, cell], atol=1e-5, rtol=0)
+            if d > 0:
+                before = [c for c in range(L) if c // n + c % n == d - 1]
+                earlier[:, before] = (earlier[:, before] + 1) % gen.config.vocab_size
+                assert not torch.allclose(gen(earlier, labels)[:, cell], base[:, cell], atol=1e-4)
+
+
+def test_neighbor_cached_steps_equal_the_full_forward() -> None:
+    _, gen = build("tiny-neighbor")
+    tokens, labels = random_tokens(gen), torch.tensor([1, 2, 10])
+    with torch.no_grad():
+        full = gen(tokens, labels)
+        cache = gen.new_cache(3)
+        for d, (start, end) in enumerate(gen.ring_ranges):
+            step = gen.step(d, labels, tokens, cache)
+            torch.testing.assert_close(step, full[:, gen.order_L[start:end]], atol=1e-5, rtol=1e-5)
+        assert cache.length == gen.num_tokens
+
+
+@pytest.mark.parametrize("s", [SamplingConfig(cfg=2.0, top_k=5), SamplingConfig(cfg=1.0, temperature=0.8)])
+def test_neighbor_cached_sampling_equals_uncached(s: SamplingConfig) -> None:
+    _, gen = build("tiny-neighbor")
+    labels = torch.tensor([0, 3, 7, 9])
+    a, stats = sample_neighbor(gen, labels, s, torch.Generator().manual_seed(5))
+    b, _ = sample_neighbor(gen, labels, s, torch.Generator().manual_seed(5), use_cache=False)
+    assert torch.equal(a, b) and stats.forward_passes == 2 * gen.config.grid_size - 1
+
+
+def test_markov_scale_mask_is_block_diagonal_and_scales_see_only_their_input() -> None:
+    tok, gen = build("tiny-markov-scale")
+    lvl = gen.lvl_1L[0].tolist()
+    assert gen.attn_mask.tolist() == [[a == b for b in lvl] for a in lvl]
+    assert gen.new_cache(2) is None
+    tokens, labels = tok.encode(torch.rand(2, 1, 16, 16) * 2 - 1), torch.tensor([4, 10])
+    with torch.no_grad():
+        x = tok.teacher_forcing_input(tokens)
+        full = gen(labels, x)
+        cond, f_hat, x_in = gen.class_emb(labels), tok.empty_fhat(2), None
+        for si, idx in enumerate(tok.split_scales(tokens)):  # one scale at a time, nothing cached
+            start, end = gen.scale_ranges[si]
+            torch.testing.assert_close(gen.step(si, cond, x_in), full[:, start:end], atol=1e-5, rtol=1e-5)
+            f_hat, x_in = tok.next_scale_input(si, f_hat, idx)
+        # changing the input of the last scale leaves every other scale unchanged
+        x2 = x.clone()
+        x2[:, -gen.config.patch_nums[-1] ** 2 :] += 1
+        start = gen.scale_ranges[-1][0]
+        torch.testing.assert_close(gen(labels, x2)[:, :start], full[:, :start], atol=1e-5, rtol=0)
+
+
+def test_markov_scale_without_refinement_is_one_pass_per_scale() -> None:
+    gp = GENERATOR_PRESETS["tiny-markov-scale"]
+    tok, _ = build("tiny-markov-scale")
+    gen = MarkovScaleGenerator(gp.build_config(tok, 10).replace(refine=False)).eval()
+    tokens, f_hat, stats = sample_markov_scale(gen, tok, torch.tensor([1, 2]), SamplingConfig(cfg=1.5, cfg_schedule="linear"))
+    assert stats.forward_passes == len(gen.config.patch_nums) and tokens.shape == (2, gen.num_tokens)
+    assert not hasattr(gen, "tok_embeddings")
+    with pytest.raises(ValueError, match="trained without refinement"):
+        sample_markov_scale(gen, tok, torch.tensor([1]), SamplingConfig(num_steps=2))
+
+
+def test_masked_order_is_bidirectional_and_training_masks_a_cosine_share() -> None:
+    tok, gen = build("tiny-masked")
+    tokens, labels = random_tokens(gen, 64), torch.arange(64) % 10
+    inputs, extra = gen.training_inputs(tokens, labels, tok, torch.Generator().manual_seed(0))
+    masked = extra["masked_BL"]
+    assert torch.equal(inputs["tokens_BL"] == gen.mask_id, masked)
+    assert torch.equal(inputs["tokens_BL"][~masked], tokens[~masked])
+    # the same draws, by a naive loop: u ~ U(0,1) per row, ceil(L cos(pi u / 2)) masked positions
+    g = torch.Generator().manual_seed(0)
+    u = torch.rand(64, 1, generator=g)
+    for b in range(64):
+        want = min(max(math.ceil(gen.num_tokens * math.cos(math.pi / 2 * float(u[b]))), 1), gen.num_tokens)
+        assert int(masked[b].sum()) == want
+    assert torch.allclose(cosine_mask_ratio(torch.tensor([0.0, 1.0])), torch.tensor([1.0, 0.0]), atol=1e-6)
+    # bidirectional: the first position's logits depend on the last token
+    with torch.no_grad():
+        t2 = tokens[:2].clone()
+        a = gen(t2, labels[:2])
+        t2[:, -1] = (t2[:, -1] + 1) % gen.config.vocab_size
+        assert not torch.allclose(gen(t2, labels[:2])[:, 0], a[:, 0], atol=1e-5)
+
+
+@pytest.mark.parametrize("L,S", [(49, 8), (49, 49), (4, 4), (64, 1), (85, 12)])
+def test_mask_schedule(L: int, S: int) -> None:
+    sched = mask_schedule(L, S)
+    assert len(sched) == S and sched[-1] == 0
+    prev = L
+    for t, m in enumerate(sched):
+        assert m < prev, "every step reveals at least one token"
+        cosine = math.floor(L * math.cos(math.pi / 2 * (t + 1) / S))
+        assert m <= cosine or m == S - 1 - t  # the cosine schedule, kept strictly decreasing
+        prev = m
+
+
+def test_reveal_step_keeps_the_least_confident_masked() -> None:
+    logits = torch.tensor([[[5.0, 0.0], [0.0, 0.1], [0.0, 9.0], [1.0, 0.0]]])
+    tokens = torch.tensor([[7, 7, 1, 7]])  # 7 = mask id here; position 2 already known
+    unknown = torch.tensor([[True, True, False, True]])
+    s = SamplingConfig(top_k=1, choice_temperature=0.0)
+    new, still = reveal_step(logits, tokens, unknown, 1, 0.5, s, None)
+    assert new.tolist() == [[0, 7, 1, 0]] and still.tolist() == [[False, True, False, False]]
+    new, still = reveal_step(logits, new, still, 0, 1.0, s, None)
+    assert new.tolist() == [[0, 1, 1, 0]] and not still.any()
+
+
+@pytest.mark.parametrize("name", NEW_ORDERS)
+def test_seeded_sampling_is_deterministic_and_saved_pipelines_reload(name: str, tmp_path) -> None:
+    tok, gen = build(name)
+    pipe = Pipeline(tok, gen)
+    a = pipe.sample([1, 2], 2, seed=3)
+    assert torch.equal(a.tokens, pipe.sample([1, 2], 2, seed=3).tokens)
+    assert not torch.equal(a.tokens, pipe.sample([1, 2], 2, seed=4).tokens)
+    assert a.images.shape == (4, 1, 16, 16) and a.stats.forward_passes_per_image == gen.num_steps
+    pipe.save_pretrained(tmp_path / name)
+    again = Pipeline.from_pretrained(tmp_path / name)
+    assert type(again.generator) is type(gen) and torch.equal(again.sample([1, 2], 2, seed=3).tokens, a.tokens)
+
+
+def test_steps_are_chosen_at_sampling_time() -> None:
+    tok, gen = build("tiny-masked")
+    pipe = Pipeline(tok, gen)
+    assert pipe.sample([1], 2, num_steps=3).stats.forward_passes_per_image == 3
+    assert pipe.sample([1], 2, num_steps=gen.num_tokens).stats.forward_passes_per_image == gen.num_tokens
+    tok, gen = build("tiny-markov-scale")
+    passes = sum(min(3, p * p) for p in gen.config.patch_nums)
+    assert Pipeline(tok, gen).sample([1], 2, num_steps=3).stats.forward_passes_per_image == passes
+
+
+def test_bad_settings_are_clear_errors() -> None:
+    tok_vq, masked = build("tiny-masked")
+    tok_ms, markov = build("tiny-markov-scale")
+    _, neighbor = build("tiny-neighbor")
+    with pytest.raises(ValueError, match="num_steps must be a positive"):
+        Pipeline(tok_vq, masked).sample([1], 1, num_steps=0)
+    with pytest.raises(ValueError, match="more than the 64 tokens"):
+        Pipeline(tok_vq, masked).sample([1], 1, num_steps=65)
+    with pytest.raises(ValueError, match="more than the 64 tokens of the largest scale"):
+        Pipeline(tok_ms, markov).sample([1], 1, num_steps=65)
+    with pytest.raises(ValueError, match="next-neighbor order always takes 15 steps"):
+        Pipeline(tok_vq, neighbor).sample([1], 1, num_steps=4)
+    with pytest.raises(ValueError, match="choice_temperature"):
+        SamplingConfig(choice_temperature=-1)
+    with pytest.raises(ValueError, match="markov-scale order needs a multi-scale tokenizer"):
+        Pipeline(tok_vq, markov)
+    for name in ("tiny-masked", "tiny-neighbor"):
+        with pytest.raises(ValueError, match="order needs a VQ grid tokenizer"):
+            GENERATOR_PRESETS[name].build_config(tok_ms, 10)
+    with pytest.raises(ValueError, match="multi-scale tokenizer"):
+        GENERATOR_PRESETS["tiny-markov-scale"].build_config(tok_vq, 10)
+    assert isinstance(masked, MaskedGenerator) and isinstance(neighbor, NeighborGenerator)
