@@ -20,7 +20,7 @@ from arvision.data import load_mnist
 from arvision.evaluate import evaluate_generator, score_features
 from arvision.metrics.features import MnistFeatures, load_reference
 
-MODELS = ("mnist-raster", "mnist-scale")
+MODELS = ("mnist-raster", "mnist-scale", "mnist-markov-scale", "mnist-neighbor", "mnist-masked")
 
 
 def main() -> None:

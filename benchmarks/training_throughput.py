@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 
-PRESETS = ["mnist-vq", "mnist-msvq", "mnist-raster", "mnist-scale"]
+PRESETS = ["mnist-vq", "mnist-msvq", "mnist-raster", "mnist-scale", "mnist-markov-scale", "mnist-neighbor", "mnist-masked"]
 
 
 def measure(name: str, steps: int) -> dict:
@@ -47,16 +47,11 @@ def measure(name: str, steps: int) -> dict:
         bs, unit = gp.train.batch_size, "tokens"
         tokens = torch.randint(0, tok.codebook_size, (bs, tok.num_tokens))
         labels = torch.randint(0, 10, (bs,))
-        scale = hasattr(tok, "patch_nums")
+        rng = torch.Generator().manual_seed(0)
 
-        def step(i: int):
-            if scale:
-                with torch.no_grad():
-                    x = tok.teacher_forcing_input(tokens)
-                logits = model(labels, x)
-            else:
-                logits = model(tokens, labels)
-            return model.loss(logits, tokens)[0]
+        def step(i: int):  # what the training loop does: order-specific inputs (masking, teacher forcing) + loss
+            inputs, extra = model.training_inputs(tokens, labels, tok, rng)
+            return model.training_loss(model(**inputs), tokens, extra)[0]
 
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     for i in range(steps + 3):
@@ -73,6 +68,11 @@ def measure(name: str, steps: int) -> dict:
             "rate": per_step / dt, "unit": unit, "peak_rss_mb": peak / 1024, "model_rss_mb": (peak - base) / 1024}  # fmt: skip
 
 
+def measure_in_subprocess(name: str, steps: int) -> dict:
+    res = subprocess.run([sys.executable, __file__, "--one", name, "--steps", str(steps)], capture_output=True, text=True, check=True)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=20)
@@ -83,8 +83,7 @@ def main() -> None:
         return
     rows = []
     for name in PRESETS:
-        res = subprocess.run([sys.executable, __file__, "--one", name, "--steps", str(args.steps)], capture_output=True, text=True, check=True)
-        rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
+        rows.append(measure_in_subprocess(name, args.steps))
     header = ["preset", "params", "batch", "ms/step", "throughput", "peak RSS MB"]
     print(" | ".join(f"{h:>14}" for h in header))
     print("-" * (17 * len(header)))

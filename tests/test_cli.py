@@ -32,6 +32,8 @@ def test_models_and_info(capsys) -> None:
     assert code == 0
     for field in ("msvq_tokenizer", "parameters", "scales", "arvision train tokenizer --preset mnist-msvq", "psnr", "codebook_usage"):
         assert field in out
+    code, out, _ = run(capsys, "info", "mnist-classifier")  # trained in epochs: no "None steps"
+    assert code == 0 and "3 epochs" in out and "None" not in out
 
 
 def test_reconstruct_writes_a_grid(tmp_path, capsys) -> None:

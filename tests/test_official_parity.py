@@ -3,8 +3,9 @@
 The official state dicts load into arvision's classes by renaming keys only, which proves that
 the backbone options (AdaLN chunk order, cosine attention, q/v biases, 2D RoPE with a zero prefix
 rotation, RMSNorm, SwiGLU) and both samplers (VAR's linear guidance ramp and multinomial call
-sequence, LlamaGen's cfg interval) match the anchors. The key mappings live in ``arvision.convert.keys``; the
-user-facing converters (architecture inference, official containers, CLI) are issue #4.
+sequence, LlamaGen's cfg interval) match the anchors. The models here are built from the fixtures'
+own constructor arguments (config.json), independently of the converters' architecture inference,
+which ``tests/test_convert.py`` checks against the same fixtures.
 """
 
 from __future__ import annotations

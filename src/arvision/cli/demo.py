@@ -19,7 +19,7 @@ from arvision.hub import list_models, load
 from arvision.metrics import ReconstructionMeter
 
 DEMO_TOKENIZERS = ("mnist-vq", "mnist-msvq")
-DEMO_GENERATORS = ("mnist-raster", "mnist-scale")
+DEMO_GENERATORS = ("mnist-raster", "mnist-scale", "mnist-markov-scale", "mnist-neighbor", "mnist-masked")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         # one row per class: reorder [class-major] samples into a (class, n) grid
         path = save_image(res.images * 2 - 1, out / f"{name}.png", nrow=args.n)
         s = res.stats
-        print(f"  {name:<13} {pipe.generator.order:<11} {1000 * s.seconds_per_image:6.1f} ms/image  "
+        print(f"  {name:<18} {pipe.generator.order:<13} {1000 * s.seconds_per_image:6.1f} ms/image  "
               f"{s.forward_passes_per_image:4.0f} forward passes/image  -> {path}")  # fmt: skip
     test = MnistDataset("test")
     x = test.images[:20]
@@ -54,6 +54,6 @@ def run(args: argparse.Namespace) -> int:
         meter = ReconstructionMeter()
         meter.update(y, x)
         path = save_image(torch.cat([x, y]), out / f"{name}-reconstructions.png", nrow=10)
-        print(f"  {name:<13} tokenizer   PSNR {meter.compute()['psnr']:.2f} dB on 20 test digits -> {path}")
+        print(f"  {name:<18} tokenizer       PSNR {meter.compute()['psnr']:.2f} dB on 20 test digits -> {path}")
     print(f"done in {time.perf_counter() - t_start:.1f} s (rows = classes 0-9; reconstructions: originals above)")
     return 0

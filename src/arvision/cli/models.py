@@ -10,6 +10,10 @@ from arvision.hub import list_models, load, resolve
 from arvision.pipeline import Pipeline
 
 
+_TRAINING_FIELDS = (("steps", " steps"), ("epochs", " epochs"), ("batch_size", " per batch"), ("seconds", " s"),
+                   ("tokens_per_s", " tokens/s"))
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list the models shipped with arvision")
     p.set_defaults(func=run_models)
@@ -49,7 +53,8 @@ def run_info(args: argparse.Namespace) -> int:
         t = cfg.transformer
         tok = pipe.tokenizer
         rows += [
-            ("order", f"{model.order}: {model.num_tokens} tokens in {model.num_steps} forward passes"),
+            ("order", f"{model.order}: {model.num_tokens} tokens in {model.num_steps} forward passes"
+                      + (" by default (choose with --steps)" if model.order in ("masked", "markov-scale") else "")),
             ("backbone", f"depth {t.depth}, width {t.width}, {t.num_heads} heads, {t.conditioning} conditioning, "
                          f"{t.attention} attention, {t.norm}, {t.mlp}"),  # fmt: skip
             ("classes", f"{cfg.num_classes} (null class {model.null_class} for guidance)"),
@@ -68,8 +73,7 @@ def run_info(args: argparse.Namespace) -> int:
     if training:
         rows += [
             ("trained on", str(training.get("data", ""))),
-            ("training", f"{training.get('steps')} steps, batch {training.get('batch_size')}, {training.get('seconds')} s"
-                         + (f", {training['tokens_per_s']} tokens/s" if "tokens_per_s" in training else "")),  # fmt: skip
+            ("training", ", ".join(f"{training[k]}{unit}" for k, unit in _TRAINING_FIELDS if training.get(k) is not None)),
             ("command", str(training.get("command", ""))),
         ]
     metrics = info.get("metrics") or {}

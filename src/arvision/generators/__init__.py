@@ -1,6 +1,6 @@
 """Generation orders on the shared backbone."""
 
-from arvision.generators.base import Generator, GeneratorConfig, SamplingConfig
+from arvision.generators.base import Generator, GeneratorConfig, GridConfig, SamplingConfig
 from arvision.generators.markov_scale import MarkovScaleConfig, MarkovScaleGenerator
 from arvision.generators.masked import MaskedConfig, MaskedGenerator
 from arvision.generators.neighbor import NeighborConfig, NeighborGenerator
@@ -8,7 +8,7 @@ from arvision.generators.next_scale import NextScaleConfig, NextScaleGenerator
 from arvision.generators.next_token import NextTokenConfig, NextTokenGenerator, rope_2d_table
 
 __all__ = [
-    "Generator", "GeneratorConfig", "MarkovScaleConfig", "MarkovScaleGenerator", "MaskedConfig", "MaskedGenerator",
+    "Generator", "GeneratorConfig", "GridConfig", "MarkovScaleConfig", "MarkovScaleGenerator", "MaskedConfig", "MaskedGenerator",
     "NeighborConfig", "NeighborGenerator", "NextScaleConfig", "NextScaleGenerator", "NextTokenConfig",
     "NextTokenGenerator", "SamplingConfig", "rope_2d_table",
 ]  # fmt: skip

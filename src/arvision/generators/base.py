@@ -103,6 +103,23 @@ class GeneratorConfig(Config):
             raise ValueError(f"class_dropout must be in [0, 1), got {self.class_dropout}")
 
 
+@dataclass(frozen=True, kw_only=True)
+class GridConfig(GeneratorConfig):
+    """A generator over an n x n VQ token grid with 2D RoPE. Args: grid_size: side n (L = n^2)."""
+
+    grid_size: int = 16
+    rope_base: float = 10000.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.uses_rope and self.transformer.head_dim % 4:
+            raise ValueError("2D RoPE needs head_dim divisible by 4")
+
+    @property
+    def uses_rope(self) -> bool:
+        return True
+
+
 class Generator(PretrainedModel):
     """Base class of the generation orders."""
 

@@ -20,22 +20,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from arvision.generators.base import Generator, GeneratorConfig
+from arvision.generators.base import Generator, GridConfig
 from arvision.generators.next_token import rope_2d_table
 from arvision.modeling import register_model
 
 
 @dataclass(frozen=True, kw_only=True)
-class MaskedConfig(GeneratorConfig):
-    """Args: grid_size: side n of the token grid (L = n^2)."""
-
-    grid_size: int = 16
-    rope_base: float = 10000.0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.transformer.head_dim % 4:
-            raise ValueError("2D RoPE needs head_dim divisible by 4")
+class MaskedConfig(GridConfig):
+    """Config of :class:`MaskedGenerator` (grid size and RoPE base, see :class:`GridConfig`)."""
 
 
 def cosine_mask_ratio(u: Tensor) -> Tensor:

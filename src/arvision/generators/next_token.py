@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from arvision.generators.base import Generator, GeneratorConfig
+from arvision.generators.base import Generator, GridConfig
 from arvision.modeling import register_model
 from arvision.nn.transformer import group_causal_mask
 
@@ -23,19 +23,19 @@ POSITIONS = ("rope2d", "learned")
 
 
 @dataclass(frozen=True, kw_only=True)
-class NextTokenConfig(GeneratorConfig):
-    """Args: grid_size: side n of the token grid (L = n^2); positions: "rope2d" or "learned"."""
+class NextTokenConfig(GridConfig):
+    """Args: positions: "rope2d" (LlamaGen) or "learned" absolute embeddings (see :class:`GridConfig`)."""
 
-    grid_size: int = 16
     positions: str = "rope2d"
-    rope_base: float = 10000.0
 
     def __post_init__(self) -> None:
-        super().__post_init__()
         if self.positions not in POSITIONS:
             raise ValueError(f"positions must be one of {POSITIONS}, got {self.positions!r}")
-        if self.positions == "rope2d" and self.transformer.head_dim % 4:
-            raise ValueError("2D RoPE needs head_dim divisible by 4")
+        super().__post_init__()
+
+    @property
+    def uses_rope(self) -> bool:
+        return self.positions == "rope2d"
 
 
 def rope_2d_table(grid_size: int, head_dim: int, base: float, num_prefix: int = 1) -> Tensor:
