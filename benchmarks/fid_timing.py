@@ -58,8 +58,9 @@ def main() -> None:
         t4 = time.perf_counter()
         share = extract / (extract + t2 - t1)
         mark = "*" if m != args.n else ""
+        fid_text = "n/a" if name == "inception" and not args.inception_weights else f"{fid:.3f}"  # random weights
         print(f"{name:>10} | {extract:>9.1f}{mark:1} | {1000 * extract / (2 * args.n):>9.2f} | {t2 - t1:>7.2f} | {t3 - t2:>7.2f} | "
-              f"{t4 - t3:>7.2f} | {100 * share:>15.1f}% | {fid:>8.3f}")  # fmt: skip
+              f"{t4 - t3:>7.2f} | {100 * share:>15.1f}% | {fid_text:>8}")  # fmt: skip
     print("\nextract s: features of the samples and of the reference (2n images); * = extrapolated from --inception-n."
           "\nextraction share: of the FID's total (extraction + FID maths); KID and PR are optional extras.")  # fmt: skip
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -12,7 +13,8 @@ import torch
 import arvision
 from arvision.pipeline import Pipeline
 from arvision.presets import TOKENIZER_PRESETS
-from arvision.train.generator import train_generator
+from arvision.modeling import _sha256
+from arvision.train.generator import TOKEN_CACHE, encode_dataset, train_generator
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +27,15 @@ def tiny_tokenizers(tmp_path_factory):
         tok = p.model_class(p.config)
         tok.quantize.embedding.weight.data.normal_()
         out[name] = tok.save_pretrained(root / name)
+        # encode MNIST once per tokenizer; runs start from a copy of this cache (see `primed`)
+        encode_dataset(tok, "mnist", root / f"{name}.tokens", tokenizer_id=_sha256(out[name] / "model.safetensors"), progress=False)
+    return out
+
+
+def primed(out, tiny_tokenizers, tokenizer: str):
+    """``out`` holding the token cache of ``tokenizer`` (what a first run would encode), to save the encoding time."""
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copy(tiny_tokenizers[tokenizer].parent / f"{tokenizer}.tokens", out / TOKEN_CACHE)
     return out
 
 
@@ -35,22 +46,22 @@ ORDERS = [("tiny-raster", "tiny-vq"), ("tiny-scale", "tiny-msvq"), ("tiny-masked
 @pytest.mark.parametrize("preset,tokenizer", ORDERS)
 def test_training_reduces_the_loss_and_saves_a_pipeline(tmp_path, tiny_tokenizers, preset, tokenizer) -> None:
     kw = dict(preset=preset, tokenizer=str(tiny_tokenizers[tokenizer]), batch_size=32, progress=False)
-    first = train_generator(tmp_path / "a", steps=1, **kw)
-    result = train_generator(tmp_path / "b", steps=40, lr=3e-3, **kw)
+    first = train_generator(primed(tmp_path / "a", tiny_tokenizers, tokenizer), steps=1, **kw)
+    result = train_generator(primed(tmp_path / "b", tiny_tokenizers, tokenizer), steps=40, lr=3e-3, **kw)
     assert result["final_loss"] < first["final_loss"] - 0.3, (first, result)
     assert result["tokens_per_s"] > 0 and result["processes"] == 1
     pipe = arvision.load(tmp_path / "b")
     assert isinstance(pipe, Pipeline) and pipe.num_classes == 10
     assert pipe.info["training"]["steps"] == 40
     assert pipe.generate(classes=[1, 2], n_per_class=1).shape == (2, 1, 16, 16)
-    assert (tmp_path / "b" / "tokens.safetensors").is_file()
+    assert (tmp_path / "b" / TOKEN_CACHE).is_file()
 
 
 @pytest.mark.parametrize("preset,tokenizer", ORDERS)
 def test_resume_continues_exactly(tmp_path, tiny_tokenizers, preset, tokenizer) -> None:
     kw = dict(preset=preset, tokenizer=str(tiny_tokenizers[tokenizer]), steps=6, ema=0.9, progress=False)
-    train_generator(tmp_path / "straight", **kw)
-    assert train_generator(tmp_path / "killed", stop_after=3, **kw) == {"stopped_at": 3}
+    train_generator(primed(tmp_path / "straight", tiny_tokenizers, tokenizer), **kw)
+    assert train_generator(primed(tmp_path / "killed", tiny_tokenizers, tokenizer), stop_after=3, **kw) == {"stopped_at": 3}
     train_generator(tmp_path / "killed", resume=True, progress=False)
     a = arvision.load(tmp_path / "straight").generator.state_dict()
     b = arvision.load(tmp_path / "killed").generator.state_dict()
@@ -77,7 +88,8 @@ def test_training_errors(tmp_path, tiny_tokenizers) -> None:
     with pytest.raises(ValueError, match="--preset"):
         train_generator(tmp_path)
     with pytest.raises(ValueError, match="next-scale order needs a multi-scale tokenizer"):
-        train_generator(tmp_path / "x", preset="tiny-scale", tokenizer=str(tiny_tokenizers["tiny-vq"]), steps=1, progress=False)
+        train_generator(primed(tmp_path / "x", tiny_tokenizers, "tiny-vq"), preset="tiny-scale", tokenizer=str(tiny_tokenizers["tiny-vq"]),
+                        steps=1, progress=False)  # fmt: skip
 
 
 @pytest.mark.slow
@@ -87,10 +99,11 @@ def test_two_processes_match_one(tmp_path, tiny_tokenizers) -> None:
             "--steps", "4", "--batch-size", "8", "--no-progress"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "arvision"]
-    res = subprocess.run(torchrun + args + ["--out", str(tmp_path / "ddp")], capture_output=True, text=True, env=env, timeout=300)
+    ddp = primed(tmp_path / "ddp", tiny_tokenizers, "tiny-msvq")
+    res = subprocess.run(torchrun + args + ["--out", str(ddp)], capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert '"processes": 2' in res.stdout
-    train_generator(tmp_path / "single", preset="tiny-scale", tokenizer=str(tiny_tokenizers["tiny-msvq"]), steps=4, batch_size=8,
+    train_generator(primed(tmp_path / "single", tiny_tokenizers, "tiny-msvq"), preset="tiny-scale", tokenizer=str(tiny_tokenizers["tiny-msvq"]), steps=4, batch_size=8,
                     progress=False)  # fmt: skip
     a = arvision.load(tmp_path / "ddp").generator.state_dict()
     b = arvision.load(tmp_path / "single").generator.state_dict()
