@@ -191,3 +191,15 @@ def test_bad_settings_are_clear_errors() -> None:
     with pytest.raises(ValueError, match="multi-scale tokenizer"):
         GENERATOR_PRESETS["tiny-markov-scale"].build_config(tok_vq, 10)
     assert isinstance(masked, MaskedGenerator) and isinstance(neighbor, NeighborGenerator)
+
+
+def test_cli_bad_steps_fail_before_any_work(tmp_path, capsys) -> None:
+    from arvision.cli import main
+
+    out = tmp_path / "eval"
+    assert main(["eval", "generator", "mnist-raster", "-n", "10", "--steps", "3", "--out", str(out), "--no-progress"]) == 2
+    assert "next-token order always takes 49 steps" in capsys.readouterr().err and not out.exists()
+    assert main(["generate", "mnist-masked", "--steps", "0", "-o", str(tmp_path / "x.png")]) == 2
+    assert "num_steps must be a positive" in capsys.readouterr().err
+    assert main(["generate", "mnist-masked", "--classes", "3", "-n", "2", "--steps", "2", "-o", str(tmp_path / "x.png")]) == 0
+    assert "2.00 forward passes/image" in capsys.readouterr().out
