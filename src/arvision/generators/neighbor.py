@@ -65,7 +65,6 @@ class NeighborGenerator(Generator):
         none = n * n  # index of the border column appended to the tokens
         self.register_buffer("order_L", order, persistent=False)
         self.register_buffer("inverse_order_L", order.argsort(), persistent=False)
-        self.register_buffer("ring_L", ring, persistent=False)
         self.register_buffer("up_L", torch.where(i > 0, order - n, none), persistent=False)
         self.register_buffer("left_L", torch.where(j > 0, order - 1, none), persistent=False)
         self.register_buffer("attn_mask", group_causal_mask(ring, ring), persistent=False)

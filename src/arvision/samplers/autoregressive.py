@@ -51,6 +51,11 @@ def with_null(model, labels_B: Tensor, guided: bool) -> Tensor:
     return torch.cat([labels_B, torch.full_like(labels_B, model.null_class)]) if guided else labels_B
 
 
+def doubled(x: Tensor, guided: bool) -> Tensor:
+    """The batch twice ([conditional; null class] rows) when guiding, else as is."""
+    return torch.cat([x, x]) if guided else x
+
+
 def guide(logits: Tensor, B: int, s: SamplingConfig, step: int, num_steps: int, use_cfg: bool) -> Tensor:
     if logits.shape[0] == B:
         return logits
@@ -76,7 +81,7 @@ def sample_next_token(model: NextTokenGenerator, labels_B: Tensor, s: SamplingCo
         tok = sample_logits(guided_logits, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, generator=generator)
         out[:, i] = tok
         if i < L - 1:
-            tok_in = torch.cat([tok, tok]) if guided else tok
+            tok_in = doubled(tok, guided)
             logits = model.step(labels_in, tok_in.unsqueeze(1), cache)[:, -1]
     return out, SamplingStats(forward_passes=L, tokens=B * L, images=B, batches=1, seconds=time.perf_counter() - t0)
 
@@ -101,6 +106,6 @@ def sample_next_scale(model: NextScaleGenerator, tokenizer, labels_B: Tensor, s:
         pieces.append(idx)
         f_hat, nxt = tokenizer.next_scale_input(si, f_hat, idx)
         if si < S - 1:
-            x_next = torch.cat([nxt, nxt]) if guided else nxt
+            x_next = doubled(nxt, guided)
     tokens = torch.cat(pieces, 1)
     return tokens, f_hat, SamplingStats(forward_passes=S, tokens=tokens.numel(), images=B, batches=1, seconds=time.perf_counter() - t0)

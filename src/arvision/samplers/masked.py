@@ -20,7 +20,7 @@ from arvision.generators.base import SamplingConfig
 from arvision.generators.markov_scale import MarkovScaleGenerator
 from arvision.generators.masked import MaskedGenerator
 from arvision.generators.neighbor import NeighborGenerator
-from arvision.samplers.autoregressive import SamplingStats, guide, with_null
+from arvision.samplers.autoregressive import SamplingStats, doubled, guide, with_null
 from arvision.samplers.logits import sample_logits
 
 
@@ -96,7 +96,7 @@ def sample_masked(model: MaskedGenerator, labels_B: Tensor, s: SamplingConfig,
     tokens = torch.full((B, L), model.mask_id, dtype=torch.long, device=labels_B.device)
     unknown = torch.ones(B, L, dtype=torch.bool, device=labels_B.device)
     for t in range(S):
-        tokens_in = torch.cat([tokens, tokens]) if guided else tokens
+        tokens_in = doubled(tokens, guided)
         logits = guide(model(tokens_in, labels_in), B, s, t, S, True)
         tokens, unknown = reveal_step(logits, tokens, unknown, schedule[t], (t + 1) / S, s, generator)
     return tokens, SamplingStats(forward_passes=S, tokens=B * L, images=B, batches=1, seconds=time.perf_counter() - t0)
@@ -115,7 +115,7 @@ def sample_neighbor(model: NeighborGenerator, labels_B: Tensor, s: SamplingConfi
     R = model.num_steps
     for d in range(R):
         start, end = model.ring_ranges[d]
-        tokens_in = torch.cat([tokens, tokens]) if guided else tokens
+        tokens_in = doubled(tokens, guided)
         if use_cache:
             logits = model.step(d, labels_in, tokens_in, cache)
         else:
@@ -149,13 +149,13 @@ def sample_markov_scale(model: MarkovScaleGenerator, tokenizer, labels_B: Tensor
         tokens = torch.full((B, n), model.mask_id, dtype=torch.long, device=labels_B.device)
         unknown = torch.ones(B, n, dtype=torch.bool, device=labels_B.device)
         for t, keep in enumerate(mask_schedule(n, steps)):
-            tok_in = (torch.cat([tokens, tokens]) if guided else tokens) if model.config.refine else None
+            tok_in = doubled(tokens, guided) if model.config.refine else None
             logits = guide(model.step(si, cond, x_next, None, tok_in), B, s, si, S, True)
             tokens, unknown = reveal_step(logits, tokens, unknown, keep, (t + 1) / steps, s, generator)
             passes += 1
         pieces.append(tokens)
         f_hat, nxt = tokenizer.next_scale_input(si, f_hat, tokens)
         if si < S - 1:
-            x_next = torch.cat([nxt, nxt]) if guided else nxt
+            x_next = doubled(nxt, guided)
     out = torch.cat(pieces, 1)
     return out, f_hat, SamplingStats(forward_passes=passes, tokens=out.numel(), images=B, batches=1, seconds=time.perf_counter() - t0)
