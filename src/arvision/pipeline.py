@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from arvision.errors import ModelFileError
 from arvision.generators import Generator, SamplingConfig
+from arvision.runtime import keep_freed_memory
 from arvision.samplers import SamplingStats, check_settings, sample_tokens
 from arvision.tokenizers import MultiScaleVQTokenizer, Tokenizer, VQTokenizer
 
@@ -127,6 +128,8 @@ class Pipeline:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         gen = torch.Generator(device=self.device)
         gen.manual_seed(seed) if seed is not None else gen.seed()
+        if self.device.type == "cpu":
+            keep_freed_memory()
         stats, tokens, images = SamplingStats(), [], []
         for b in tqdm(range(0, len(labels), batch_size), desc="generate", disable=not progress, leave=False):
             lab = labels[b : b + batch_size]

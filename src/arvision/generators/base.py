@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from arvision.config import Config
 from arvision.modeling import PretrainedModel
+from arvision.nn.linear import Linear
 from arvision.nn.transformer import Transformer, TransformerConfig
 
 CFG_SCHEDULES = ("constant", "linear")
@@ -132,7 +133,7 @@ class Generator(PretrainedModel):
         t = config.transformer
         self.class_emb = nn.Embedding(config.num_classes + 1, t.width)
         self.transformer = Transformer(t)
-        self.head = nn.Linear(t.width, config.vocab_size, bias=config.head_bias)
+        self.head = Linear(t.width, config.vocab_size, bias=config.head_bias)
 
     @property
     def null_class(self) -> int:

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from arvision.generators.base import Generator, GeneratorConfig, SamplingConfig
 from arvision.modeling import register_model
+from arvision.nn.linear import Linear
 from arvision.nn.transformer import group_causal_mask
 
 
@@ -54,7 +55,7 @@ class NextScaleGenerator(Generator):
         super().__init__(config)
         C, pn = config.transformer.width, config.patch_nums
         self.first_len = pn[0] ** 2
-        self.word_embed = nn.Linear(config.code_dim, C)
+        self.word_embed = Linear(config.code_dim, C)
         self.pos_start = nn.Parameter(torch.empty(1, self.first_len, C))
         self.pos_1LC = nn.Parameter(torch.empty(1, self.num_tokens, C))
         self.lvl_embed = nn.Embedding(len(pn), C)

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from arvision.config import Config
+from arvision.nn.linear import Linear, linear
 
 _CHOICES = {
     "conditioning": ("prefix", "adaln"),
@@ -141,7 +142,7 @@ class Attention(nn.Module):
         super().__init__()
         C, H = cfg.width, cfg.num_heads
         self.num_heads, self.head_dim = H, cfg.head_dim
-        self.qkv = nn.Linear(C, 3 * C, bias=False)
+        self.qkv = Linear(C, 3 * C, bias=False)
         self.cosine = cfg.attention == "cosine"
         if cfg.qkv_bias == "qv":
             self.q_bias = nn.Parameter(torch.zeros(C))
@@ -153,13 +154,13 @@ class Attention(nn.Module):
             self.scale = 1.0
         else:
             self.scale = cfg.attn_scale_mult / math.sqrt(self.head_dim)
-        self.proj = nn.Linear(C, C, bias=cfg.proj_bias)
+        self.proj = Linear(C, C, bias=cfg.proj_bias)
 
     def forward(self, x_BLC: Tensor, *, attn_mask: Tensor | None, is_causal: bool, rope: Tensor | None,
                 cache, layer: int) -> Tensor:  # fmt: skip
         B, L, C = x_BLC.shape
         bias = torch.cat([self.q_bias, self.zero_k_bias, self.v_bias]) if hasattr(self, "q_bias") else None
-        qkv = F.linear(x_BLC, self.qkv.weight, bias).view(B, L, 3, self.num_heads, self.head_dim)
+        qkv = linear(x_BLC, self.qkv, bias).view(B, L, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, L, Dh)
         if self.cosine:
             q = F.normalize(q, dim=-1).mul(self.scale_mul_1H11.clamp_max(math.log(100)).exp())
@@ -178,9 +179,9 @@ class MLP(nn.Module):
         C, Hd, bias = cfg.width, cfg.mlp_hidden, cfg.mlp_bias
         self.swiglu = cfg.mlp == "swiglu"
         if self.swiglu:
-            self.w1, self.w3, self.w2 = nn.Linear(C, Hd, bias=bias), nn.Linear(C, Hd, bias=bias), nn.Linear(Hd, C, bias=bias)
+            self.w1, self.w3, self.w2 = Linear(C, Hd, bias=bias), Linear(C, Hd, bias=bias), Linear(Hd, C, bias=bias)
         else:
-            self.fc1, self.fc2 = nn.Linear(C, Hd, bias=bias), nn.Linear(Hd, C, bias=bias)
+            self.fc1, self.fc2 = Linear(C, Hd, bias=bias), Linear(Hd, C, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.swiglu:
@@ -202,7 +203,7 @@ class Block(nn.Module):
             if cfg.shared_adaln:
                 self.ada_gss = nn.Parameter(torch.randn(1, 1, 6, cfg.width) / cfg.width**0.5)
             else:
-                self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(cfg.cond_dim, 6 * cfg.width))
+                self.ada_lin = nn.Sequential(nn.SiLU(), Linear(cfg.cond_dim, 6 * cfg.width))
 
     def forward(self, x: Tensor, cond: Tensor | None, **attn_kw) -> Tensor:
         if not self.adaln:
@@ -221,7 +222,7 @@ class AdaLNHeadNorm(nn.Module):
     def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__()
         self.norm = make_norm(cfg, affine=False)
-        self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(cfg.cond_dim, 2 * cfg.width))
+        self.ada_lin = nn.Sequential(nn.SiLU(), Linear(cfg.cond_dim, 2 * cfg.width))
 
     def forward(self, x: Tensor, cond: Tensor) -> Tensor:
         scale, shift = self.ada_lin(cond).view(-1, 1, 2, x.shape[-1]).unbind(2)
@@ -235,7 +236,7 @@ class Transformer(nn.Module):
         super().__init__()
         self.config = cfg
         if cfg.conditioning == "adaln" and cfg.shared_adaln:
-            self.shared_ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(cfg.cond_dim, 6 * cfg.width))
+            self.shared_ada_lin = nn.Sequential(nn.SiLU(), Linear(cfg.cond_dim, 6 * cfg.width))
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.depth)])
         if cfg.conditioning == "adaln":
             self.head_nm = AdaLNHeadNorm(cfg)

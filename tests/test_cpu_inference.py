@@ -1,0 +1,125 @@
+"""The CPU inference fast paths compute what the plain layers compute.
+
+Packed oneDNN linear weights, the sub-pixel form of upsample + conv, in-place activations in the
+decoder and glibc's memory reuse change speed, never results (beyond float rounding), and stay out
+of training.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from arvision import runtime
+from arvision.nn import conv
+from arvision.nn.linear import Linear, linear, packed_linear_active, set_packed_linear
+
+
+@pytest.fixture
+def packing():
+    yield
+    set_packed_linear(True)
+
+
+def test_packed_linear_matches_f_linear_for_every_input_shape() -> None:
+    torch.manual_seed(0)
+    layer = Linear(48, 40)
+    for shape in [(1, 48), (8, 48), (3, 5, 48), (2, 3, 4, 48)]:
+        x = torch.randn(shape)
+        with torch.no_grad():
+            got = layer(x)
+        assert "_packed_weight" in layer.__dict__  # the fast path ran
+        torch.testing.assert_close(got, F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
+    x = torch.randn(6, 96)[:, ::2]  # not contiguous
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
+
+
+def test_packed_weight_follows_weight_updates() -> None:
+    """A stale packed copy would silently give the old layer's outputs."""
+    torch.manual_seed(0)
+    layer, x = Linear(16, 8, bias=False), torch.randn(4, 16)
+    with torch.no_grad():
+        before = layer(x)
+        layer.weight.mul_(2)  # in place
+        torch.testing.assert_close(layer(x), 2 * before, rtol=1e-5, atol=1e-5)
+        layer.load_state_dict({"weight": torch.randn(8, 16)})
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight), rtol=1e-5, atol=1e-5)
+        layer.weight = torch.nn.Parameter(torch.randn(8, 16))  # new storage
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight), rtol=1e-5, atol=1e-5)
+    assert set(layer.state_dict()) == {"weight"}  # the packed copy is not a parameter or buffer
+
+
+def test_training_and_other_dtypes_use_the_plain_path(packing) -> None:
+    layer, x = Linear(8, 4), torch.randn(2, 8)
+    assert not packed_linear_active(x, layer.weight)  # gradients on
+    layer(x).sum().backward()
+    assert layer.weight.grad is not None and "_packed_weight" not in layer.__dict__
+    with torch.no_grad():
+        assert not packed_linear_active(x.double(), layer.weight.double())
+        set_packed_linear(False)
+        assert not packed_linear_active(x, layer.weight)
+        assert torch.equal(linear(x, layer, layer.bias), F.linear(x, layer.weight, layer.bias))
+
+
+@pytest.mark.parametrize("name", ["tiny-raster", "tiny-scale"])
+def test_generation_is_the_same_with_and_without_packing(name, packing) -> None:
+    from arvision.pipeline import Pipeline
+    from arvision.presets import GENERATOR_PRESETS, TOKENIZER_PRESETS
+
+    gp = GENERATOR_PRESETS[name]
+    tp = TOKENIZER_PRESETS[gp.tokenizer]
+    torch.manual_seed(0)
+    tok = tp.model_class(tp.config).eval()
+    pipe = Pipeline(tok, gp.model_class(gp.build_config(tok, 10)).eval())
+    with torch.no_grad():
+        pipe.generator.head.weight.mul_(50)  # spread the random logits: no near-ties for argmax
+    runs = []
+    for enabled in (True, False):
+        set_packed_linear(enabled)
+        runs.append(pipe.sample([0, 1, 2], 2, seed=3, top_k=1))
+    assert torch.equal(runs[0].tokens, runs[1].tokens)
+    torch.testing.assert_close(runs[0].images, runs[1].images, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [(5, 7), (8, 8), (1, 3)])
+def test_subpixel_upsample_equals_nearest_then_conv(size) -> None:
+    torch.manual_seed(0)
+    up = conv.Upsample(12)
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        x = torch.randn(2, 12, *size).contiguous(memory_format=fmt)
+        direct = up(x)  # gradients on: the direct form
+        with torch.no_grad():
+            fast = up(x)
+        assert fast.shape == direct.shape == (2, 12, 2 * size[0], 2 * size[1])
+        torch.testing.assert_close(fast, direct, rtol=1e-5, atol=1e-5)
+
+
+def test_decoder_inference_matches_training_mode_and_leaves_its_input_alone() -> None:
+    torch.manual_seed(0)
+    dec = conv.ConvDecoder(out_channels=3, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, z_channels=8, groups=8).eval()
+    z = torch.randn(2, 8, 4, 4).contiguous(memory_format=torch.channels_last)
+    z_copy = z.clone()
+    reference = dec(z)  # gradients on: no in-place activations, direct upsampling
+    with torch.no_grad():
+        fast = dec(z)
+    assert torch.equal(z, z_copy)
+    torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(runtime._LIBC is None, reason="glibc only")
+def test_memory_reuse_switch(monkeypatch) -> None:
+    assert runtime.keep_freed_memory()
+    runtime.release_memory()
+    monkeypatch.setenv("ARVISION_REUSE_MEMORY", "0")
+    assert not runtime.keep_freed_memory()
+
+
+def test_memory_reuse_is_a_no_op_without_glibc(monkeypatch) -> None:
+    monkeypatch.setattr(runtime, "_LIBC", None)
+    assert not runtime.keep_freed_memory()
+    runtime.release_memory()
+    assert sys.modules["arvision.runtime"] is runtime
