@@ -38,6 +38,17 @@ def test_packed_linear_matches_f_linear_for_every_input_shape() -> None:
         torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("activation", ["gelu_tanh", "silu"])
+def test_fused_activations_match_torch(activation) -> None:
+    torch.manual_seed(0)
+    layer, x = Linear(32, 64), torch.randn(5, 32)
+    y = F.linear(x, layer.weight, layer.bias)
+    expected = F.gelu(y, approximate="tanh") if activation == "gelu_tanh" else F.silu(y)
+    assert torch.equal(linear(x, layer, layer.bias, activation), expected)  # gradients on: plain torch
+    with torch.no_grad():
+        torch.testing.assert_close(linear(x, layer, layer.bias, activation), expected, rtol=1e-5, atol=1e-6)
+
+
 def test_packed_weight_follows_weight_updates() -> None:
     """A stale packed copy would silently give the old layer's outputs."""
     torch.manual_seed(0)

@@ -48,11 +48,21 @@ def _packed_weight(layer: nn.Linear) -> Tensor:
     return cached[1]
 
 
-def linear(x: Tensor, layer: nn.Linear, bias: Tensor | None) -> Tensor:
-    """``F.linear(x, layer.weight, bias)``, through the packed weight when that is safe."""
+# activation name -> (oneDNN post-op, its algorithm, the same function in torch)
+_ACTIVATIONS = {
+    "gelu_tanh": ("gelu", "tanh", lambda y: F.gelu(y, approximate="tanh")),
+    "silu": ("swish", "", F.silu),
+}
+
+
+def linear(x: Tensor, layer: nn.Linear, bias: Tensor | None, activation: str | None = None) -> Tensor:
+    """``F.linear(x, layer.weight, bias)``, then ``activation`` ("gelu_tanh", "silu" or None),
+    through the packed weight (activation fused) when that is safe."""
     if packed_linear_active(x, layer.weight):
-        return torch.ops.mkldnn._linear_pointwise(x, _packed_weight(layer), bias, "none", [], "")
-    return F.linear(x, layer.weight, bias)
+        post_op, algorithm = _ACTIVATIONS[activation][:2] if activation else ("none", "")
+        return torch.ops.mkldnn._linear_pointwise(x, _packed_weight(layer), bias, post_op, [], algorithm)
+    y = F.linear(x, layer.weight, bias)
+    return _ACTIVATIONS[activation][2](y) if activation else y
 
 
 class Linear(nn.Linear):

@@ -185,8 +185,8 @@ class MLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.swiglu:
-            return self.w2(F.silu(self.w1(x)) * self.w3(x))
-        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+            return self.w2(linear(x, self.w1, self.w1.bias, "silu") * self.w3(x))
+        return self.fc2(linear(x, self.fc1, self.fc1.bias, "gelu_tanh"))
 
 
 class Block(nn.Module):

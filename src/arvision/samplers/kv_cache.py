@@ -20,10 +20,8 @@ class KVCache:
     def __init__(self, *, num_layers: int, batch_size: int, num_heads: int, max_len: int, head_dim: int,
                  dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> None:  # fmt: skip
         shape = (num_layers, batch_size, num_heads, max_len, head_dim)
-        # Uninitialised: only positions [0, length) are ever read, and zero-filling the whole cache
-        # costs ~0.2 s per VAR-d16 batch on CPU.
-        self.k = torch.empty(shape, dtype=dtype, device=device)
-        self.v = torch.empty(shape, dtype=dtype, device=device)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.length = 0
 
     @property
