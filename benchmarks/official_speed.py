@@ -7,7 +7,9 @@ at local checkouts (needs ``huggingface_hub`` for VAR's imports). Each compariso
 subprocess (both repositories have a top-level ``utils`` package). Without the flags, only
 arvision is timed. Settings: VAR-d16 + VQVAE ch=160, batch 4, cfg 1.5, top-k 900, top-p 0.96;
 GPT-B + VQ-16, batch 4, cfg 4, top-k 2000, 256 tokens; times include decoding to pixels.
-Before timing, the script checks that greedy (top-k 1) outputs are identical.
+Before timing, the script checks that greedy (top-k 1) tokens are identical (and for VAR the
+seeded top-k/top-p tokens too). The table splits each total into transformer + sampling and the
+tokenizer decoder; official and arvision calls are timed in turns. See docs/performance.md.
 """
 
 from __future__ import annotations
