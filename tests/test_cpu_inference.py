@@ -64,6 +64,21 @@ def test_packed_weight_follows_weight_updates() -> None:
     assert set(layer.state_dict()) == {"weight"}  # the packed copy is not a parameter or buffer
 
 
+def test_a_used_layer_can_still_be_deep_copied_and_saved(tmp_path) -> None:
+    """Regression: the cached oneDNN tensor has no storage, so deepcopy (EMA) and torch.save failed."""
+    import copy
+
+    layer, x = Linear(8, 4), torch.randn(2, 8)
+    with torch.no_grad():
+        expected = layer(x)
+    twin = copy.deepcopy(layer)
+    torch.save(layer, tmp_path / "layer.pt")
+    assert "_packed_weight" in layer.__dict__ and "_packed_weight" not in twin.__dict__
+    with torch.no_grad():
+        assert torch.equal(twin(x), expected)
+        assert torch.equal(torch.load(tmp_path / "layer.pt", weights_only=False)(x), expected)
+
+
 def test_training_and_other_dtypes_use_the_plain_path(packing) -> None:
     layer, x = Linear(8, 4), torch.randn(2, 8)
     assert not packed_linear_active(x, layer.weight)  # gradients on

@@ -38,7 +38,7 @@ def packed_linear_active(x: Tensor, weight: Tensor) -> bool:
             and x.dtype == torch.float32 and weight.dtype == torch.float32 and x.shape[-1] > 0)  # fmt: skip
 
 
-def _packed_weight(layer: nn.Linear) -> Tensor:
+def _packed_weight(layer: Linear) -> Tensor:
     w = layer.weight
     key = (w.data_ptr(), w._version, tuple(w.shape))
     cached = layer.__dict__.get("_packed_weight")
@@ -55,7 +55,7 @@ _ACTIVATIONS = {
 }
 
 
-def linear(x: Tensor, layer: nn.Linear, bias: Tensor | None, activation: str | None = None) -> Tensor:
+def linear(x: Tensor, layer: Linear, bias: Tensor | None, activation: str | None = None) -> Tensor:
     """``F.linear(x, layer.weight, bias)``, then ``activation`` ("gelu_tanh", "silu" or None),
     through the packed weight (activation fused) when that is safe."""
     if packed_linear_active(x, layer.weight):
@@ -70,3 +70,9 @@ class Linear(nn.Linear):
 
     def forward(self, x: Tensor) -> Tensor:
         return linear(x, self, self.bias)
+
+    def __getstate__(self) -> dict:
+        # copy.deepcopy / pickle: the packed copy is an opaque oneDNN tensor; it is rebuilt on use.
+        state = self.__dict__.copy()
+        state.pop("_packed_weight", None)
+        return state
