@@ -91,6 +91,20 @@ def test_training_and_other_dtypes_use_the_plain_path(packing) -> None:
         assert torch.equal(linear(x, layer, layer.bias), F.linear(x, layer.weight, layer.bias))
 
 
+def test_a_failing_packed_op_falls_back_to_f_linear_once(monkeypatch, packing) -> None:
+    import arvision.nn.linear as lin
+
+    def broken(*args):
+        raise RuntimeError("no oneDNN kernel for this CPU")
+
+    monkeypatch.setattr(lin, "_packed_weight", broken)
+    layer, x = Linear(8, 4), torch.randn(2, 8)
+    with torch.no_grad(), pytest.warns(UserWarning, match="packed oneDNN linear unavailable"):
+        assert torch.equal(layer(x), F.linear(x, layer.weight, layer.bias))
+    with torch.no_grad():
+        assert not packed_linear_active(x, layer.weight)
+
+
 @pytest.mark.parametrize("name", ["tiny-raster", "tiny-scale"])
 def test_generation_is_the_same_with_and_without_packing(name, packing) -> None:
     from arvision.pipeline import Pipeline

@@ -18,13 +18,15 @@ in memory while cached. ``ARVISION_PACKED_LINEAR=0`` in the environment, or
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 _state = {"enabled": os.environ.get("ARVISION_PACKED_LINEAR", "1") != "0"}
-_AVAILABLE = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+_AVAILABLE = (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+              and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))  # fmt: skip
 
 
 def set_packed_linear(enabled: bool) -> None:
@@ -60,7 +62,11 @@ def linear(x: Tensor, layer: Linear, bias: Tensor | None, activation: str | None
     through the packed weight (activation fused) when that is safe."""
     if packed_linear_active(x, layer.weight):
         post_op, algorithm = _ACTIVATIONS[activation][:2] if activation else ("none", "")
-        return torch.ops.mkldnn._linear_pointwise(x, _packed_weight(layer), bias, post_op, [], algorithm)
+        try:
+            return torch.ops.mkldnn._linear_pointwise(x, _packed_weight(layer), bias, post_op, [], algorithm)
+        except (RuntimeError, NotImplementedError) as e:  # a torch build whose oneDNN lacks this path
+            warnings.warn(f"packed oneDNN linear unavailable ({e}); using F.linear from now on", stacklevel=2)
+            set_packed_linear(False)
     y = F.linear(x, layer.weight, bias)
     return _ACTIVATIONS[activation][2](y) if activation else y
 
