@@ -91,6 +91,20 @@ def test_training_and_other_dtypes_use_the_plain_path(packing) -> None:
         assert torch.equal(linear(x, layer, layer.bias), F.linear(x, layer.weight, layer.bias))
 
 
+def test_layers_are_not_packed_when_memory_is_short(monkeypatch) -> None:
+    import arvision.nn.linear as lin
+
+    mem = lin.available_memory()
+    assert mem is None or 0 < mem[0] <= mem[1]
+    monkeypatch.setattr(lin, "available_memory", lambda: (3 << 30, 8 << 30))  # 3 of 8 GiB free
+    assert lin._room_for(1 << 30) and not lin._room_for(2 << 30)  # must leave 1.6 GiB (20 %)
+    monkeypatch.setattr(lin, "available_memory", lambda: (100, 8 << 30))
+    layer, x = Linear(8, 4), torch.randn(2, 8)
+    with torch.no_grad():
+        assert torch.equal(layer(x), F.linear(x, layer.weight, layer.bias))
+    assert layer.__dict__["_packed_weight"][1] is None
+
+
 def test_a_failing_packed_op_falls_back_to_f_linear_once(monkeypatch, packing) -> None:
     import arvision.nn.linear as lin
 

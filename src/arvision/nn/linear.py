@@ -11,8 +11,9 @@ The fast path is taken only when it cannot change anything else: CPU float32 inp
 off (``torch.no_grad`` / ``torch.inference_mode``), oneDNN present. Training and every other device
 use ``F.linear``. The packed copy lives on the layer (not in its state dict) and is rebuilt when
 the weight changes (new storage or an in-place update); it costs one extra copy of the weights
-in memory while cached. ``ARVISION_PACKED_LINEAR=0`` in the environment, or
-``set_packed_linear(False)``, turns the fast path off.
+in memory while cached, so a layer is packed only while that leaves 1 GiB and 20 % of the
+system memory available (the rest use ``F.linear``). ``ARVISION_PACKED_LINEAR=0`` in the
+environment, or ``set_packed_linear(False)``, turns the fast path off.
 """
 
 from __future__ import annotations
@@ -40,12 +41,32 @@ def packed_linear_active(x: Tensor, weight: Tensor) -> bool:
             and x.dtype == torch.float32 and weight.dtype == torch.float32 and x.shape[-1] > 0)  # fmt: skip
 
 
-def _packed_weight(layer: Linear) -> Tensor:
+def available_memory() -> tuple[int, int] | None:
+    """(available, total) bytes of system memory from /proc/meminfo, or None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f if line.split()[1:2]}
+        return info["MemAvailable"], info["MemTotal"]
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def _room_for(nbytes: int) -> bool:
+    """A packed copy must leave at least 1 GiB and 20 % of the memory available: on a machine that
+    holds the model but not two copies of it, the layers that no longer fit use ``F.linear``."""
+    mem = available_memory()
+    return mem is None or mem[0] - nbytes >= max(1 << 30, mem[1] // 5)
+
+
+def _packed_weight(layer: Linear) -> Tensor | None:
+    """The layer's packed weight, packing it on first use (None when memory is short)."""
     w = layer.weight
     key = (w.data_ptr(), w._version, tuple(w.shape))
     cached = layer.__dict__.get("_packed_weight")
     if cached is None or cached[0] != key:
-        cached = (key, torch.ops.mkldnn._reorder_linear_weight(w.detach()))
+        layer.__dict__.pop("_packed_weight", None)  # free a stale copy before judging the room
+        packed = torch.ops.mkldnn._reorder_linear_weight(w.detach()) if _room_for(w.numel() * w.element_size()) else None
+        cached = (key, packed)
         layer.__dict__["_packed_weight"] = cached  # a plain attribute: never in the state dict
     return cached[1]
 
@@ -63,7 +84,9 @@ def linear(x: Tensor, layer: Linear, bias: Tensor | None, activation: str | None
     if packed_linear_active(x, layer.weight):
         post_op, algorithm = _ACTIVATIONS[activation][:2] if activation else ("none", "")
         try:
-            return torch.ops.mkldnn._linear_pointwise(x, _packed_weight(layer), bias, post_op, [], algorithm)
+            packed = _packed_weight(layer)
+            if packed is not None:
+                return torch.ops.mkldnn._linear_pointwise(x, packed, bias, post_op, [], algorithm)
         except (RuntimeError, NotImplementedError) as e:  # a torch build whose oneDNN lacks this path
             warnings.warn(f"packed oneDNN linear unavailable ({e}); using F.linear from now on", stacklevel=2)
             set_packed_linear(False)
