@@ -25,7 +25,7 @@ from typing import Callable
 import torch
 from _common import official_size_pipeline
 
-from arvision.runtime import release_memory
+from arvision.runtime import keep_freed_memory, release_memory
 
 LABELS = [980, 437, 22, 562]
 
@@ -44,12 +44,12 @@ def randomize_(module: torch.nn.Module, seed: int) -> None:
 def alternate(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
     """Median seconds of each function, timed in turns (a, b, a, b, ...) after one warm-up round so
     that slow drifts of the machine hit both sides alike. The official code runs under glibc's usual
-    malloc settings (arvision's ``keep_freed_memory`` is an arvision feature, so it is reset first)."""
+    malloc settings, arvision (also its decoder timed alone) under ``keep_freed_memory`` as in
+    ``Pipeline.sample``."""
     times: dict[str, list[float]] = {k: [] for k in fns}
     for r in range(repeats + 1):
         for k, fn in fns.items():
-            if k.startswith("official"):
-                release_memory()
+            release_memory() if k.startswith("official") else keep_freed_memory()
             t0 = time.perf_counter()
             fn()
             if r:
