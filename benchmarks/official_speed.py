@@ -65,9 +65,6 @@ def run_var(repo: str | None, repeats: int) -> dict:
     labels = torch.tensor(LABELS)
     result: dict = {"model": "VAR-d16 + VQVAE ch=160"}
     fns: dict[str, Callable[[], object]] = {}
-    with torch.inference_mode():
-        out = pipe.sample(LABELS, 1, seed=0, cfg=1.5, top_k=900, top_p=0.96, decode=False)
-        f_hat = tok.tokens_to_fhat(out.tokens)
     if repo:
         sys.path.insert(0, repo)
         from models import build_vae_var  # the official code
@@ -98,6 +95,9 @@ def run_var(repo: str | None, repeats: int) -> dict:
             f_hat = tok.tokens_to_fhat(mine.tokens)
         fns["official"] = lambda: official(900, 0.96)
         fns["official_decoder"] = lambda: vae.fhat_to_img(f_hat)
+    else:
+        with torch.inference_mode():
+            f_hat = tok.tokens_to_fhat(pipe.sample(LABELS, 1, seed=0, cfg=1.5, top_k=900, top_p=0.96, decode=False).tokens)
     fns["arvision"] = lambda: pipe.sample(LABELS, 1, seed=0, cfg=1.5, top_k=900, top_p=0.96)
     fns["arvision_decoder"] = lambda: tok.fhat_to_images(f_hat)
     with torch.inference_mode():
