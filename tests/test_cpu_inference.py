@@ -12,6 +12,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from test_generators import build
 
 from arvision import runtime
 from arvision.nn import conv
@@ -122,13 +123,8 @@ def test_a_failing_packed_op_falls_back_to_f_linear_once(monkeypatch, packing) -
 @pytest.mark.parametrize("name", ["tiny-raster", "tiny-scale"])
 def test_generation_is_the_same_with_and_without_packing(name, packing) -> None:
     from arvision.pipeline import Pipeline
-    from arvision.presets import GENERATOR_PRESETS, TOKENIZER_PRESETS
 
-    gp = GENERATOR_PRESETS[name]
-    tp = TOKENIZER_PRESETS[gp.tokenizer]
-    torch.manual_seed(0)
-    tok = tp.model_class(tp.config).eval()
-    pipe = Pipeline(tok, gp.model_class(gp.build_config(tok, 10)).eval())
+    pipe = Pipeline(*build(name))
     with torch.no_grad():
         pipe.generator.head.weight.mul_(50)  # spread the random logits: no near-ties for argmax
     runs = []
