@@ -1,4 +1,4 @@
-"""Sampling speed of both orders, at MNIST size (shipped models) and at the official sizes.
+"""Sampling speed of every order, at MNIST size (shipped models) and at the official sizes.
 
     python benchmarks/sampling_throughput.py              # shipped MNIST pipelines + official sizes
     python benchmarks/sampling_throughput.py --skip-official
@@ -51,7 +51,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} thread(s), cpu\n")
     rows = []
-    for name in ("mnist-raster", "mnist-scale"):
+    for name in ("mnist-raster", "mnist-scale", "mnist-masked", "mnist-neighbor", "mnist-markov-scale"):
         try:
             pipe = arvision.load(name)
         except ValueError:

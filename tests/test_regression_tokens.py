@@ -1,0 +1,55 @@
+"""Every shipped generator's tokens for fixed seeds and settings, recorded before the decoding
+redesign (issue 12): any change to the decoding layer must reproduce them exactly.
+
+Regenerate (only when a model or a deliberate sampling change makes the old tokens obsolete):
+    ARVISION_RECORD_GOLDEN=1 pytest tests/test_regression_tokens.py
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import arvision
+
+GOLDEN = Path(__file__).parent / "golden" / "shipped_tokens.safetensors"
+CLASSES = [0, 3, 7, 9]
+
+# (case name, model, sampling overrides): the defaults plus every setting that changes the loop's path.
+CASES = [
+    ("raster-default", "mnist-raster", {}),
+    ("raster-topk-interval", "mnist-raster", {"top_k": 20, "cfg_interval": 5, "temperature": 0.9}),
+    ("raster-unguided-topp", "mnist-raster", {"cfg": 1.0, "top_p": 0.8}),
+    ("raster-greedy", "mnist-raster", {"top_k": 1, "cfg": 3.0}),
+    ("scale-default", "mnist-scale", {}),
+    ("scale-topk-topp", "mnist-scale", {"top_k": 30, "top_p": 0.9, "cfg": 1.0}),
+    ("scale-unguided", "mnist-scale", {"cfg": 0.0}),
+    ("masked-default", "mnist-masked", {}),
+    ("masked-steps", "mnist-masked", {"num_steps": 4, "choice_temperature": 10.0, "cfg": 1.5}),
+    ("masked-unguided-topk", "mnist-masked", {"cfg": 1.0, "top_k": 10, "num_steps": 12}),
+    ("neighbor-default", "mnist-neighbor", {}),
+    ("neighbor-topk", "mnist-neighbor", {"top_k": 20, "cfg": 1.5}),
+    ("markov-default", "mnist-markov-scale", {}),
+    ("markov-refine", "mnist-markov-scale", {"num_steps": 3, "top_k": 40}),
+]
+
+
+def sample_case(model: str, overrides: dict) -> torch.Tensor:
+    pipe = arvision.load(model)
+    return pipe.sample(CLASSES, 2, seed=1234, batch_size=5, decode=False, **overrides).tokens
+
+
+@pytest.mark.skipif(os.environ.get("ARVISION_RECORD_GOLDEN") != "1", reason="records the golden tokens on request only")
+def test_record_golden_tokens() -> None:
+    GOLDEN.parent.mkdir(exist_ok=True)
+    save_file({name: sample_case(model, o).contiguous() for name, model, o in CASES}, str(GOLDEN))
+
+
+@pytest.mark.parametrize("name,model,overrides", CASES, ids=[c[0] for c in CASES])
+def test_shipped_tokens_equal_the_recorded_ones(name: str, model: str, overrides: dict) -> None:
+    golden = load_file(str(GOLDEN))[name]
+    assert torch.equal(sample_case(model, overrides), golden), f"{name}: the tokens changed"
