@@ -11,7 +11,7 @@ from arvision.generators import MarkovScaleGenerator, MaskedGenerator, NeighborG
 from arvision.generators.masked import cosine_mask_ratio
 from arvision.pipeline import Pipeline
 from arvision.presets import GENERATOR_PRESETS
-from arvision.samplers import mask_schedule, reveal_step, sample_markov_scale, sample_neighbor
+from arvision.samplers import Sampler, decode, mask_schedule, reveal_step, row_schedules
 
 from test_generators import build
 
@@ -48,27 +48,6 @@ def test_neighbor_ring_order_mask_and_dependencies_equal_a_naive_loop() -> None:
                 assert not torch.allclose(gen(earlier, labels)[:, cell], base[:, cell], atol=1e-4)
 
 
-def test_neighbor_cached_steps_equal_the_full_forward() -> None:
-    _, gen = build("tiny-neighbor")
-    tokens, labels = random_tokens(gen), torch.tensor([1, 2, 10])
-    with torch.no_grad():
-        full = gen(tokens, labels)
-        cache = gen.new_cache(3)
-        for d, (start, end) in enumerate(gen.ring_ranges):
-            step = gen.step(d, labels, tokens, cache)
-            torch.testing.assert_close(step, full[:, gen.order_L[start:end]], atol=1e-5, rtol=1e-5)
-        assert cache.length == gen.num_tokens
-
-
-@pytest.mark.parametrize("s", [SamplingConfig(cfg=2.0, top_k=5), SamplingConfig(cfg=1.0, temperature=0.8)])
-def test_neighbor_cached_sampling_equals_uncached(s: SamplingConfig) -> None:
-    _, gen = build("tiny-neighbor")
-    labels = torch.tensor([0, 3, 7, 9])
-    a, stats = sample_neighbor(gen, labels, s, torch.Generator().manual_seed(5))
-    b, _ = sample_neighbor(gen, labels, s, torch.Generator().manual_seed(5), use_cache=False)
-    assert torch.equal(a, b) and stats.forward_passes == 2 * gen.config.grid_size - 1
-
-
 def test_markov_scale_mask_is_block_diagonal_and_scales_see_only_their_input() -> None:
     tok, gen = build("tiny-markov-scale")
     lvl = gen.lvl_1L[0].tolist()
@@ -78,11 +57,10 @@ def test_markov_scale_mask_is_block_diagonal_and_scales_see_only_their_input() -
     with torch.no_grad():
         x = tok.teacher_forcing_input(tokens)
         full = gen(labels, x)
-        cond, f_hat, x_in = gen.class_emb(labels), tok.empty_fhat(2), None
-        for si, idx in enumerate(tok.split_scales(tokens)):  # one scale at a time, nothing cached
-            start, end = gen.scale_ranges[si]
-            torch.testing.assert_close(gen.step(si, cond, x_in), full[:, start:end], atol=1e-5, rtol=1e-5)
-            f_hat, x_in = tok.next_scale_input(si, f_hat, idx)
+        seen = []  # one scale at a time, nothing cached, every token known
+        decode(gen, tok, labels, SamplingConfig(cfg=0.0, cfg_schedule="linear"), prior_BL=tokens, known_BL=tokens >= 0,
+               callback=lambda info: seen.append(info.logits))  # fmt: skip
+        torch.testing.assert_close(torch.cat(seen, 1), gen(labels, x, tokens), atol=1e-5, rtol=1e-5)
         # changing the input of the last scale leaves every other scale unchanged
         x2 = x.clone()
         x2[:, -gen.config.patch_nums[-1] ** 2 :] += 1
@@ -94,11 +72,11 @@ def test_markov_scale_without_refinement_is_one_pass_per_scale() -> None:
     gp = GENERATOR_PRESETS["tiny-markov-scale"]
     tok, _ = build("tiny-markov-scale")
     gen = MarkovScaleGenerator(gp.build_config(tok, 10).replace(refine=False)).eval()
-    tokens, f_hat, stats = sample_markov_scale(gen, tok, torch.tensor([1, 2]), SamplingConfig(cfg=1.5, cfg_schedule="linear"))
-    assert stats.forward_passes == len(gen.config.patch_nums) and tokens.shape == (2, gen.num_tokens)
+    out = decode(gen, tok, torch.tensor([1, 2]), SamplingConfig(cfg=1.5, cfg_schedule="linear"))
+    assert out.stats.forward_passes == len(gen.config.patch_nums) and out.tokens.shape == (2, gen.num_tokens)
     assert not hasattr(gen, "tok_embeddings")
     with pytest.raises(ValueError, match="trained without refinement"):
-        sample_markov_scale(gen, tok, torch.tensor([1]), SamplingConfig(num_steps=2))
+        decode(gen, tok, torch.tensor([1]), SamplingConfig(num_steps=2))
 
 
 def test_masked_order_is_bidirectional_and_training_masks_a_cosine_share() -> None:
@@ -139,11 +117,20 @@ def test_reveal_step_keeps_the_least_confident_masked() -> None:
     logits = torch.tensor([[[5.0, 0.0], [0.0, 0.1], [0.0, 9.0], [1.0, 0.0]]])
     tokens = torch.tensor([[7, 7, 1, 7]])  # 7 = mask id here; position 2 already known
     unknown = torch.tensor([[True, True, False, True]])
-    s = SamplingConfig(top_k=1, choice_temperature=0.0)
-    new, still = reveal_step(logits, tokens, unknown, 1, 0.5, s, None)
+    s = Sampler(SamplingConfig(top_k=1, choice_temperature=0.0))
+    new, still = reveal_step(logits, tokens, unknown, 1, 0.5, s)
     assert new.tolist() == [[0, 7, 1, 0]] and still.tolist() == [[False, True, False, False]]
-    new, still = reveal_step(logits, new, still, 0, 1.0, s, None)
+    new, still = reveal_step(logits, new, still, 0, 1.0, s)
     assert new.tolist() == [[0, 1, 1, 0]] and not still.any()
+
+
+def test_row_schedules_follow_each_rows_open_tokens() -> None:
+    """Editing leaves rows with different numbers of open tokens: each follows its own cosine schedule."""
+    table = row_schedules(torch.tensor([49, 10, 3, 0]), 8)
+    assert table.shape == (8, 4)
+    assert table[:, 0].tolist() == mask_schedule(49, 8) and table[:, 1].tolist() == mask_schedule(10, 8)
+    assert table[-1].tolist() == [0, 0, 0, 0] and table[:, 3].tolist() == [0] * 8
+    assert all(a >= b for a, b in zip(table[:, 2].tolist(), table[1:, 2].tolist())) and table[0, 2] <= 3
 
 
 @pytest.mark.parametrize("name", NEW_ORDERS)

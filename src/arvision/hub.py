@@ -9,6 +9,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
+import arvision.generators  # noqa: F401  (their @register_model fills the model registry)
+import arvision.metrics.mnist_classifier  # noqa: F401
+import arvision.tokenizers  # noqa: F401
 from arvision.errors import ModelFileError
 from arvision.modeling import PretrainedModel, load_model, read_model_config
 

@@ -123,11 +123,11 @@ def read_model_config(directory: str | os.PathLike) -> dict[str, Any]:
 
 
 def load_model(directory: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> PretrainedModel:
-    """Rebuild whichever model class ``directory`` holds, with its weights."""
-    import arvision.generators  # noqa: F401  (fill the registry)
-    import arvision.metrics.mnist_classifier  # noqa: F401
-    import arvision.tokenizers  # noqa: F401
+    """Rebuild whichever model class ``directory`` holds, with its weights.
 
+    The registry is filled by the model modules themselves (``@register_model``); importing
+    ``arvision`` imports every shipped kind (``arvision.hub``), so this layer imports none of them.
+    """
     d = Path(directory)
     meta = read_model_config(d)
     model_type = meta["model_type"]

@@ -5,6 +5,9 @@ the generator (``config.json`` + ``model.safetensors``) and its tokenizer in ``t
 
     pipe = arvision.load("mnist-scale")
     images = pipe.generate(classes=[3, 7], n_per_class=4, cfg=2.0, seed=0)   # (8, C, H, W) in [0, 1]
+    edited = pipe.edit(images, mask, classes=[3, 7] * 4, seed=0)              # regenerate where mask is True
+
+Decoding runs through the one loop (:func:`arvision.samplers.decode`) for every order.
 """
 
 from __future__ import annotations
@@ -13,55 +16,39 @@ import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
+from PIL import Image
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from arvision.errors import ModelFileError
-from arvision.generators import Generator, SamplingConfig
+from arvision.generators import Generator
 from arvision.runtime import keep_freed_memory
-from arvision.samplers import SamplingStats, check_settings, sample_tokens
-from arvision.tokenizers import MultiScaleVQTokenizer, Tokenizer, VQTokenizer
+from arvision.samplers import SamplingConfig, SamplingStats, StepInfo, check_settings, decode
+from arvision.tokenizers import Tokenizer
 
 TOKENIZER_DIR = "tokenizer"
 
 
 @dataclass
 class GenerationOutput:
-    """Images (N, C, H, W) in [0, 1], their tokens (N, L), class ids (N,) and what it cost."""
+    """Images (N, C, H, W) in [0, 1], their tokens (N, L), class ids (N,) and what it cost.
+    For an edit, ``known`` (N, L) marks the tokens kept from the input."""
 
     images: Tensor
     tokens: Tensor
     labels: Tensor
     stats: SamplingStats
-
-
-def check_compatible(tokenizer: Tokenizer, generator: Generator) -> None:
-    """A clear error when a generator cannot use this tokenizer."""
-    if generator.tokenizer_kind == "multiscale":
-        if not isinstance(tokenizer, MultiScaleVQTokenizer):
-            raise ValueError(f"the {generator.order} order needs a multi-scale tokenizer (e.g. mnist-msvq), got a {tokenizer.model_type}")
-        if tokenizer.patch_nums != generator.config.patch_nums or tokenizer.config.codebook_dim != generator.config.code_dim:
-            raise ValueError(
-                f"tokenizer scales {tokenizer.patch_nums} / code dim {tokenizer.config.codebook_dim} do not match the "
-                f"generator's {generator.config.patch_nums} / {generator.config.code_dim}"
-            )
-    else:
-        if not isinstance(tokenizer, VQTokenizer):
-            raise ValueError(f"the {generator.order} order needs a VQ grid tokenizer (e.g. mnist-vq), got a {tokenizer.model_type}")
-        if tokenizer.grid_size != generator.config.grid_size:
-            raise ValueError(f"tokenizer grid {tokenizer.grid_size} != generator grid {generator.config.grid_size}")
-    if tokenizer.codebook_size != generator.config.vocab_size:
-        raise ValueError(f"tokenizer codebook {tokenizer.codebook_size} != generator vocabulary {generator.config.vocab_size}")
+    known: Tensor | None = None
 
 
 class Pipeline:
     """Class-conditional image generation with one tokenizer and one generator."""
 
     def __init__(self, tokenizer: Tokenizer, generator: Generator) -> None:
-        check_compatible(tokenizer, generator)
+        generator.check_layout(tokenizer.layout)
         self.tokenizer = tokenizer.eval()
         self.generator = generator.eval()
         self.last_stats: SamplingStats | None = None
@@ -114,35 +101,48 @@ class Pipeline:
                 raise ValueError(f"unknown class id {c}: this model knows classes 0..{self.num_classes - 1}")
         return torch.tensor(classes, device=self.device).repeat_interleave(n_per_class)
 
-    @torch.no_grad()
-    def sample(self, classes: Sequence[int] | int | None = None, n_per_class: int = 1, *, seed: int | None = 0,
-               batch_size: int = 64, progress: bool = False, decode: bool = True,
-               **sampling) -> GenerationOutput:  # fmt: skip
-        """Generate ``n_per_class`` samples of every class in ``classes`` (all of ``classes[0]`` first).
-
-        Sampling options (``cfg``, ``cfg_schedule``, ``cfg_interval``, ``temperature``, ``top_k``,
-        ``top_p``, ``num_steps``, ``choice_temperature``) default to the model's own (``pipe.defaults``). ``seed`` seeds one
-        ``torch.Generator`` used for the whole call (None = nondeterministic).
-        """
-        s = self.sampling_config(**sampling)
-        labels = self.labels_for(classes, n_per_class)
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    def _rng(self, seed: int | None) -> torch.Generator:
         gen = torch.Generator(device=self.device)
         gen.manual_seed(seed) if seed is not None else gen.seed()
+        return gen
+
+    def _run(self, labels: Tensor, s: SamplingConfig, seed: int | None, batch_size: int, progress: bool, decode_images: bool,
+             prior: Tensor | None = None, known: Tensor | None = None,
+             callback: Callable[[StepInfo], None] | None = None) -> GenerationOutput:  # fmt: skip
+        """Decode ``labels`` in batches with one seeded generator; tokens fixed where ``known``."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        gen = self._rng(seed)
         if self.device.type == "cpu":
             keep_freed_memory()
         stats, tokens, images = SamplingStats(), [], []
         for b in tqdm(range(0, len(labels), batch_size), desc="generate", disable=not progress, leave=False):
-            lab = labels[b : b + batch_size]
-            tok, f_hat, st = sample_tokens(self.generator, self.tokenizer, lab, s, gen)
-            if decode:
-                images.append(self.tokenizer.decode(tok) if f_hat is None else self.tokenizer.fhat_to_images(f_hat))
-            tokens.append(tok)
-            stats += st
+            part = slice(b, b + batch_size)
+            out = decode(self.generator, self.tokenizer, labels[part], s, gen, callback=callback,
+                         prior_BL=None if prior is None else prior[part], known_BL=None if known is None else known[part])  # fmt: skip
+            if decode_images:
+                images.append(self.tokenizer.decode(out.tokens))
+            tokens.append(out.tokens)
+            stats += out.stats
         self.last_stats = stats
-        imgs = torch.cat(images).add(1).div(2).clamp(0, 1) if decode else torch.empty(0)
-        return GenerationOutput(images=imgs, tokens=torch.cat(tokens), labels=labels, stats=stats)
+        imgs = torch.cat(images).add(1).div(2).clamp(0, 1) if decode_images else torch.empty(0)
+        return GenerationOutput(images=imgs, tokens=torch.cat(tokens), labels=labels, stats=stats, known=known)
+
+    @torch.no_grad()
+    def sample(self, classes: Sequence[int] | int | None = None, n_per_class: int = 1, *, seed: int | None = 0,
+               batch_size: int = 64, progress: bool = False, decode: bool = True,
+               callback: Callable[[StepInfo], None] | None = None, **sampling) -> GenerationOutput:  # fmt: skip
+        """Generate ``n_per_class`` samples of every class in ``classes`` (all of ``classes[0]`` first).
+
+        Sampling options (``cfg``, ``cfg_schedule``, ``cfg_interval``, ``temperature``, ``top_k``,
+        ``top_p``, ``num_steps``, ``choice_temperature``) default to the model's own (``pipe.defaults``);
+        one the order cannot use is an error. ``seed`` seeds one ``torch.Generator`` used for the
+        whole call (None = nondeterministic). ``callback(info)`` sees every decoding step's logits
+        and state (:class:`~arvision.samplers.StepInfo`).
+        """
+        s = self.sampling_config(**sampling)
+        labels = self.labels_for(classes, n_per_class)
+        return self._run(labels, s, seed, batch_size, progress, decode, callback=callback)
 
     def generate(self, classes: Sequence[int] | int | None = None, n_per_class: int = 1, **kwargs) -> Tensor:
         """Images (N, C, H, W) in [0, 1]; same arguments as :meth:`sample`. Stats in ``last_stats``."""
@@ -151,6 +151,84 @@ class Pipeline:
     def generate_tokens(self, classes: Sequence[int] | int | None = None, n_per_class: int = 1, **kwargs) -> Tensor:
         """Tokens (N, L), undecoded; same arguments as :meth:`sample`."""
         return self.sample(classes, n_per_class, decode=False, **kwargs).tokens
+
+    # -- editing -----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample_edit(self, images: Tensor | Sequence[Image.Image] | Image.Image, mask: Tensor, *,
+                    classes: Sequence[int] | int, seed: int | None = 0, batch_size: int = 64,
+                    progress: bool = False, **sampling) -> GenerationOutput:  # fmt: skip
+        """Regenerate the masked region of ``images`` (in/out-painting, class-conditional editing).
+
+        Args:
+            images: (B, C, H, W) float in [0, 1] at the tokenizer's size, or PIL images (resized
+                and centre-cropped to it).
+            mask: (B, 1, H, W) or (1, 1, H, W) bool, True = regenerate. A token is regenerated when
+                any pixel of its cell (on each grid / scale) is masked; every other token keeps the
+                input's own token (teacher-forced / never masked / replaced at every scale, by order).
+            classes: the class to generate, one id for all images or one per image.
+            seed, batch_size, progress, sampling options: as in :meth:`sample`.
+
+        Returns the images in [0, 1] with their tokens and ``known`` (the kept tokens). An
+        all-False mask returns the tokenizer's reconstruction of the input.
+        """
+        s = self.sampling_config(**sampling)
+        x = self._edit_images(images)
+        B = x.shape[0]
+        known = ~self.tokenizer.layout.token_mask(self._edit_mask(mask, x))
+        labels = self._edit_labels(classes, B)
+        prior = self.tokenizer.encode(x.mul(2).sub(1))
+        if bool(known.all()):  # nothing to regenerate: the reconstruction
+            imgs = self.tokenizer.decode(prior).add(1).div(2).clamp(0, 1)
+            self.last_stats = SamplingStats(images=B)
+            return GenerationOutput(images=imgs, tokens=prior, labels=labels, stats=self.last_stats, known=known)
+        return self._run(labels, s, seed, batch_size, progress, True, prior=prior, known=known)
+
+    def edit(self, images: Tensor | Sequence[Image.Image] | Image.Image, mask: Tensor, **kwargs) -> Tensor:
+        """Edited images (B, C, H, W) in [0, 1]; same arguments as :meth:`sample_edit`."""
+        return self.sample_edit(images, mask, **kwargs).images
+
+    def _edit_images(self, images) -> Tensor:
+        c = self.tokenizer.config
+        if isinstance(images, Image.Image):
+            images = [images]
+        if isinstance(images, (list, tuple)) and images and all(isinstance(p, Image.Image) for p in images):
+            return self.tokenizer.pil_to_images(images).add(1).div(2)
+        want = f"(B, {c.in_channels}, {c.image_size}, {c.image_size})"
+        if not isinstance(images, Tensor):
+            raise TypeError(f"images must be a float tensor {want} in [0, 1] or PIL images, got {type(images).__name__}")
+        if images.ndim != 4 or images.shape[0] == 0:
+            raise ValueError(f"images must have shape {want}, got {tuple(images.shape)}")
+        if not images.is_floating_point():
+            raise TypeError(f"images must be float in [0, 1], got dtype {images.dtype}; convert uint8 with x / 255")
+        if images.shape[1] != c.in_channels:
+            raise ValueError(f"this model's tokenizer takes {c.in_channels}-channel images {want}, got {images.shape[1]} channels")
+        if tuple(images.shape[-2:]) != (c.image_size, c.image_size):
+            raise ValueError(f"wrong image size {tuple(images.shape[-2:])}: this model works at {c.image_size}x{c.image_size}; "
+                             "resize first, or pass PIL images (resized and centre-cropped for you)")  # fmt: skip
+        if images.min() < -1e-3 or images.max() > 1 + 1e-3:
+            raise ValueError(f"images must be in [0, 1], got values in [{images.min().item():.3g}, {images.max().item():.3g}]")
+        return images.to(self.device).clamp(0, 1)
+
+    def _edit_mask(self, mask, x: Tensor) -> Tensor:
+        B, _, H, W = x.shape
+        if not isinstance(mask, Tensor):
+            raise TypeError(f"mask must be a bool tensor (B, 1, {H}, {W}) with True = regenerate, got {type(mask).__name__}")
+        if mask.dtype != torch.bool:
+            raise TypeError(f"mask must be a bool tensor (True = regenerate), got dtype {mask.dtype}; use mask > 0.5")
+        if mask.ndim != 4 or mask.shape[1] != 1 or mask.shape[0] not in (1, B) or tuple(mask.shape[-2:]) != (H, W):
+            raise ValueError(f"mask must have shape ({B}, 1, {H}, {W}) or (1, 1, {H}, {W}) to match the images, got {tuple(mask.shape)}")
+        return mask.to(self.device).expand(B, 1, H, W)
+
+    def _edit_labels(self, classes, B: int) -> Tensor:
+        if classes is None:
+            raise ValueError("pass classes=...: the class to generate, one id for all images or one per image")
+        ids = [int(classes)] * B if isinstance(classes, int) else [int(c) for c in classes]
+        if len(ids) != B:
+            raise ValueError(f"classes has {len(ids)} ids for {B} images: pass one id, or one per image")
+        for c in ids:
+            if not 0 <= c < self.num_classes:
+                raise ValueError(f"unknown class id {c}: this model knows classes 0..{self.num_classes - 1}")
+        return torch.tensor(ids, device=self.device)
 
     # -- files -----------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike, *, info: dict | None = None) -> Path:

@@ -117,8 +117,9 @@ def get_tokenizer_preset(name: str) -> TokenizerPreset:
 from arvision.generators import (  # noqa: E402
     MarkovScaleGenerator, MaskedGenerator, NeighborGenerator, NextScaleGenerator, NextTokenGenerator,
 )  # fmt: skip
-from arvision.generators.base import Generator, GeneratorConfig, SamplingConfig  # noqa: E402
+from arvision.generators.base import Generator, GeneratorConfig  # noqa: E402
 from arvision.nn.transformer import TransformerConfig  # noqa: E402
+from arvision.samplers.config import SamplingConfig  # noqa: E402
 
 
 def llamagen_backbone(depth: int, width: int, heads: int) -> TransformerConfig:
@@ -164,18 +165,8 @@ class GeneratorPreset:
 
     def build_config(self, tokenizer: Tokenizer, num_classes: int) -> GeneratorConfig:
         """The generator config for this tokenizer and number of classes (a clear error if the order cannot use it)."""
-        cls = self.model_class
-        common = dict(transformer=self.transformer, vocab_size=tokenizer.codebook_size, num_classes=num_classes,
-                      sampling=self.sampling, **self.extra)  # fmt: skip
-        if cls.tokenizer_kind == "multiscale":
-            if not isinstance(tokenizer, MultiScaleVQTokenizer):
-                raise ValueError(
-                    f"the {cls.order} order needs a multi-scale tokenizer (e.g. mnist-msvq), got a {tokenizer.model_type}"
-                )
-            return cls.config_class(**common, patch_nums=tokenizer.patch_nums, code_dim=tokenizer.config.codebook_dim)
-        if not isinstance(tokenizer, VQTokenizer):
-            raise ValueError(f"the {cls.order} order needs a VQ grid tokenizer (e.g. mnist-vq), got a {tokenizer.model_type}")
-        return cls.config_class(**common, grid_size=tokenizer.grid_size)
+        return self.model_class.config_for(tokenizer.layout, transformer=self.transformer, num_classes=num_classes,
+                                           sampling=self.sampling, **self.extra)  # fmt: skip
 
 
 _TINY_GEN_TRAIN = GeneratorTrainConfig(steps=4, batch_size=8, warmup_steps=1, ckpt_every=2)

@@ -1,14 +1,16 @@
 """Generation orders on the shared backbone."""
 
-from arvision.generators.base import Generator, GeneratorConfig, GridConfig, SamplingConfig
+from arvision.generators.base import Generator, GeneratorConfig, GridConfig
+from arvision.generators.parts import CategoricalHead, ClassCondition
 from arvision.generators.markov_scale import MarkovScaleConfig, MarkovScaleGenerator
 from arvision.generators.masked import MaskedConfig, MaskedGenerator
 from arvision.generators.neighbor import NeighborConfig, NeighborGenerator
 from arvision.generators.next_scale import NextScaleConfig, NextScaleGenerator
 from arvision.generators.next_token import NextTokenConfig, NextTokenGenerator, rope_2d_table
+from arvision.samplers.config import SamplingConfig
 
 __all__ = [
-    "Generator", "GeneratorConfig", "GridConfig", "MarkovScaleConfig", "MarkovScaleGenerator", "MaskedConfig", "MaskedGenerator",
+    "CategoricalHead", "ClassCondition", "Generator", "GeneratorConfig", "GridConfig", "MarkovScaleConfig", "MarkovScaleGenerator", "MaskedConfig", "MaskedGenerator",
     "NeighborConfig", "NeighborGenerator", "NextScaleConfig", "NextScaleGenerator", "NextTokenConfig",
     "NextTokenGenerator", "SamplingConfig", "rope_2d_table",
 ]  # fmt: skip

@@ -1,9 +1,10 @@
-"""What every class-conditional generator shares: config, class embedding with a null class,
-output head, weight init and the teacher-forced loss.
+"""What every class-conditional generator shares: config, the condition and head parts, weight
+init, the teacher-forced loss, the token-layout contract and the step contract.
 
 A generation order (``next_token.py``, ``next_scale.py``, ...) adds only its input embedding,
-its attention mask and a ``step`` for incremental decoding; the backbone is
-:class:`arvision.nn.transformer.Transformer` for all of them.
+its attention mask, ``step`` (one forward pass of decoding, the same signature for every order)
+and its :class:`~arvision.samplers.order.Order` (the decoding plan and state updates); the
+backbone is :class:`arvision.nn.transformer.Transformer` for all of them.
 
 Legend: B batch, L tokens, C width, V vocabulary (codebook size).
 """
@@ -14,66 +15,16 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from arvision.config import Config
+from arvision.generators.parts import CategoricalHead, ClassCondition
 from arvision.modeling import PretrainedModel
-from arvision.nn.linear import Linear
+from arvision.nn.kv_cache import KVCache
 from arvision.nn.transformer import Transformer, TransformerConfig
-
-CFG_SCHEDULES = ("constant", "linear")
-
-
-@dataclass(frozen=True, kw_only=True)
-class SamplingConfig(Config):
-    """Default sampling settings of a model; every one can be overridden per call.
-
-    Guidance conventions differ between the anchors and each model keeps its own:
-
-    * ``constant`` (LlamaGen): logits = uncond + cfg * (cond - uncond) at every step; 1 = off.
-      ``cfg_interval`` >= 0 stops guiding after that many decoding steps (LlamaGen's cfg_interval).
-    * ``linear`` (VAR): t = cfg * k / (K - 1) at step k of K, logits = (1 + t) cond - t uncond;
-      0 = off. The weight ramps from 0 at the first step to ``cfg`` at the last.
-
-    ``top_k`` 0 and ``top_p`` 0 (or 1) disable the filters; ``top_k=1`` is greedy decoding.
-
-    Orders whose number of decoding steps is a sampling choice read ``num_steps`` (masked: steps
-    for the whole grid; Markovian next-scale with refinement: steps per scale); None = the
-    model's default. ``choice_temperature`` scales the annealed Gumbel noise added to the
-    confidences that decide which tokens a masked step keeps (MaskGIT: 4.5).
-    """
-
-    cfg: float = 1.0
-    cfg_schedule: str = "constant"
-    cfg_interval: int = -1
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 0.0
-    num_steps: int | None = None
-    choice_temperature: float = 4.5
-
-    def __post_init__(self) -> None:
-        if self.cfg_schedule not in CFG_SCHEDULES:
-            raise ValueError(f"cfg_schedule must be one of {CFG_SCHEDULES}, got {self.cfg_schedule!r}")
-        if not math.isfinite(self.cfg) or self.cfg < 0:
-            raise ValueError(f"cfg must be a finite number >= 0, got {self.cfg}")
-        if self.cfg_interval < -1:
-            raise ValueError(f"cfg_interval must be -1 (guide every step) or >= 0, got {self.cfg_interval}")
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
-        if not 0 <= self.top_p <= 1:
-            raise ValueError(f"top_p must be in [0, 1] (0 or 1 = off), got {self.top_p}")
-        if self.num_steps is not None and (isinstance(self.num_steps, bool) or self.num_steps < 1):
-            raise ValueError(f"num_steps must be a positive number of decoding steps (None = the model's default), got {self.num_steps}")
-        if not self.choice_temperature >= 0:
-            raise ValueError(f"choice_temperature must be >= 0, got {self.choice_temperature}")
-
-    def guided(self) -> bool:
-        return self.cfg != (1.0 if self.cfg_schedule == "constant" else 0.0)
-
+from arvision.samplers.config import SamplingConfig
+from arvision.samplers.order import DecodeState, Order, Step
+from arvision.tokenizers.layout import TokenLayout
 
 @dataclass(frozen=True, kw_only=True)
 class GeneratorConfig(Config):
@@ -125,19 +76,64 @@ class Generator(PretrainedModel):
     """Base class of the generation orders."""
 
     config: GeneratorConfig
-    order: str  # name of the generation order, e.g. "next-token"
-    tokenizer_kind = "grid"  # "grid": a VQ token grid (config.grid_size); "multiscale": a multi-scale tokenizer
+    order_class: type[Order]  # the decoding order (plan + state updates), defined beside the generator
+    layout_kind = "grid"  # the token layout it generates (see arvision.tokenizers.layout)
 
     def __init__(self, config: GeneratorConfig) -> None:
         super().__init__(config)
         t = config.transformer
-        self.class_emb = nn.Embedding(config.num_classes + 1, t.width)
+        self.class_emb = ClassCondition(config.num_classes, t.width)
         self.transformer = Transformer(t)
-        self.head = Linear(t.width, config.vocab_size, bias=config.head_bias)
+        self.head = CategoricalHead(t.width, config.vocab_size, bias=config.head_bias)
+
+    @property
+    def order(self) -> str:
+        """Name of the generation order, e.g. "next-token"."""
+        return self.order_class.name
 
     @property
     def null_class(self) -> int:
-        return self.config.num_classes
+        return self.class_emb.null_id
+
+    # -- token layout ------------------------------------------------------------------------------
+    @classmethod
+    def layout_fields(cls, layout: TokenLayout) -> dict:
+        """The config fields that come from the tokenizer's layout (vocabulary, grid / scales)."""
+        if layout.kind != cls.layout_kind or (layout.kind == "grid" and layout.grid[0] != layout.grid[1]):
+            need = {"grid": "a VQ grid tokenizer (e.g. mnist-vq)", "scales": "a multi-scale tokenizer (e.g. mnist-msvq)"}
+            raise ValueError(f"the {cls.order_class.name} order needs {need.get(cls.layout_kind, cls.layout_kind)}, "
+                             f"but this tokenizer has {layout.describe()}")  # fmt: skip
+        return {"vocab_size": layout.vocab_size, **cls._layout_fields(layout)}
+
+    @classmethod
+    def _layout_fields(cls, layout: TokenLayout) -> dict:
+        return {"grid_size": layout.grid[0]}
+
+    @classmethod
+    def config_for(cls, layout: TokenLayout, **fields) -> GeneratorConfig:
+        """This generator's config for a tokenizer's layout (a clear error if the order cannot use it)."""
+        return cls.config_class(**fields, **cls.layout_fields(layout))
+
+    def check_layout(self, layout: TokenLayout) -> None:
+        """A clear error when this generator cannot decode into ``layout``."""
+        for name, want in self.layout_fields(layout).items():
+            have = getattr(self.config, name)
+            if have != want:
+                raise ValueError(f"the tokenizer gives {name}={want} but the generator was built for {name}={have}: "
+                                 "use the tokenizer the generator was trained with")  # fmt: skip
+
+    # -- decoding ----------------------------------------------------------------------------------
+    def reference_logits(self, tokens_BL: Tensor, labels_B: Tensor, tokenizer=None) -> Tensor:
+        """Logits (B, L, V) in layout order with every token known, in one full forward pass:
+        what each decoding step must reproduce when the state holds these tokens."""
+        return self(tokens_BL, labels_B)
+
+    def step(self, state: DecodeState, step: Step, cond_RD: Tensor, cache: KVCache | None) -> Tensor:
+        """One forward pass of decoding: logits (R, T, V) of ``step.targets``, given the decoded
+        ``state`` and the condition rows ``cond_RD`` (R = B, or 2B with the null rows when guiding;
+        the state's B rows are repeated to match). Computes sequence positions
+        [step.start, step.end) and writes their keys/values there in ``cache``."""
+        raise NotImplementedError
 
     @property
     def num_tokens(self) -> int:
@@ -148,7 +144,7 @@ class Generator(PretrainedModel):
         """Forward passes of plain (unguided, non-speculative) sampling."""
         raise NotImplementedError
 
-    def new_cache(self, batch_size: int):
+    def new_cache(self, batch_size: int) -> KVCache | None:
         return self.transformer.new_cache(batch_size, self.num_tokens + 1)
 
     def init_weights(self) -> None:
@@ -176,11 +172,7 @@ class Generator(PretrainedModel):
 
     def drop_labels(self, labels_B: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Training-time label dropout: each label becomes the null class with prob ``class_dropout``."""
-        p = self.config.class_dropout
-        if p <= 0:
-            return labels_B
-        drop = torch.rand(labels_B.shape, generator=generator, device=labels_B.device) < p
-        return torch.where(drop, torch.full_like(labels_B, self.null_class), labels_B)
+        return self.class_emb.drop(labels_B, self.config.class_dropout, generator)
 
     def training_inputs(self, tokens_BL: Tensor, labels_B: Tensor, tokenizer,
                         generator: torch.Generator | None = None) -> tuple[dict, dict]:  # fmt: skip
@@ -193,11 +185,5 @@ class Generator(PretrainedModel):
         return self.loss(logits_BLV, tokens_BL)
 
     def loss(self, logits_BLV: Tensor, tokens_BL: Tensor, weights_L: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Cross-entropy (per-token, optionally weighted over positions) and token accuracy."""
-        ce_BL = F.cross_entropy(logits_BLV.flatten(0, 1).float(), tokens_BL.flatten(), reduction="none").view(tokens_BL.shape)
-        if weights_L is None:
-            loss = ce_BL.mean()
-        else:
-            loss = (ce_BL * weights_L).sum(1).mean() / weights_L.sum()
-        acc = (logits_BLV.argmax(-1) == tokens_BL).float().mean()
-        return loss, acc
+        """The head's loss: cross-entropy (optionally weighted over positions) and token accuracy."""
+        return self.head.loss(logits_BLV, tokens_BL, weights_L)

@@ -23,9 +23,13 @@ import torch
 from torch import Tensor, nn
 
 from arvision.generators.masked import cosine_mask_ratio
-from arvision.generators.next_scale import NextScaleConfig, NextScaleGenerator
+from arvision.generators.next_scale import NextScaleConfig, NextScaleGenerator, NextScaleOrder
+from arvision.generators.parts import match_rows
 from arvision.modeling import register_model
+from arvision.nn.kv_cache import KVCache
 from arvision.nn.transformer import group_causal_mask
+from arvision.samplers.config import SamplingConfig
+from arvision.samplers.order import DecodeState, Sampler, Step, check_num_steps, register_order, reveal_step, row_schedules
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,6 +44,43 @@ def same_group_mask(groups_q: Tensor, groups_k: Tensor) -> Tensor:
     return group_causal_mask(groups_q, groups_k) & group_causal_mask(groups_k, groups_q).T
 
 
+@register_order
+class MarkovScaleOrder(NextScaleOrder):
+    """Next-scale decoding without a cache; with refinement (``num_steps`` R > 1) a scale is
+    revealed in min(R, pn^2) MaskGIT passes over its own open tokens (fixed ones never masked)."""
+
+    name = "markov-scale"
+    own_settings = ("num_steps", "choice_temperature")
+
+    @property
+    def fill_id(self) -> int:
+        return self.generator.mask_id
+
+    def check(self, s: SamplingConfig) -> None:
+        super().check(s)
+        if not self.generator.config.refine and (s.num_steps or 1) > 1:
+            raise ValueError(f"num_steps={s.num_steps}: this model was trained without refinement inside a scale (refine=False); use 1")
+        check_num_steps(s.num_steps or 1, max(b - a for a, b in self.generator.scale_ranges), "the largest scale")
+
+    def plan(self, s: SamplingConfig) -> list[Step]:
+        R, out = s.num_steps or 1, []
+        for si, (a, b) in enumerate(self.generator.scale_ranges):
+            n = min(R, b - a)
+            out += [Step(len(out), si, a, b, torch.arange(a, b), sub=t, subs=n) for t in range(n)]
+        return out
+
+    def update(self, state: DecodeState, step: Step, logits_BTV: Tensor, sampler: Sampler) -> None:
+        a, b = step.start, step.end
+        if step.sub == 0:
+            state.extra["keep"] = row_schedules(state.open_BL[:, a:b].sum(1), step.subs)
+        keep = state.extra["keep"][step.sub]
+        state.tokens_BL[:, a:b], state.open_BL[:, a:b] = reveal_step(
+            logits_BTV, state.tokens_BL[:, a:b], state.open_BL[:, a:b], keep, (step.sub + 1) / step.subs, sampler
+        )
+        if step.sub == step.subs - 1:
+            self.scale_done(state, step.group, a, b)
+
+
 @register_model
 class MarkovScaleGenerator(NextScaleGenerator):
     """Next-scale generator whose scales depend only on the accumulated latent of the previous one."""
@@ -47,7 +88,7 @@ class MarkovScaleGenerator(NextScaleGenerator):
     model_type = "markov_scale_generator"
     config_class = MarkovScaleConfig
     config: MarkovScaleConfig
-    order = "markov-scale"
+    order_class = MarkovScaleOrder
 
     def __init__(self, config: MarkovScaleConfig) -> None:
         super().__init__(config)
@@ -101,6 +142,9 @@ class MarkovScaleGenerator(NextScaleGenerator):
         inputs["tokens_BL"] = torch.where(masked, self.mask_id, tokens_BL)
         return inputs, {"masked_BL": masked}
 
+    def reference_logits(self, tokens_BL: Tensor, labels_B: Tensor, tokenizer=None) -> Tensor:
+        return self(labels_B, tokenizer.teacher_forcing_input(tokens_BL), tokens_BL if self.config.refine else None)
+
     def training_loss(self, logits_BLV: Tensor, tokens_BL: Tensor, extra: dict) -> tuple[Tensor, Tensor]:
         if "masked_BL" not in extra:
             return super().training_loss(logits_BLV, tokens_BL, extra)
@@ -108,9 +152,12 @@ class MarkovScaleGenerator(NextScaleGenerator):
         w = self.loss_weights_L.expand_as(m)[m] if self.loss_weights_L is not None else None
         return self.loss(logits_BLV[m].unsqueeze(0), tokens_BL[m].unsqueeze(0), w)
 
-    def step(self, si: int, cond_BD: Tensor, x_BlCv: Tensor | None, cache=None, tokens_Bl: Tensor | None = None) -> Tensor:
-        """Logits (B, pn_si^2, V) of scale ``si`` from its input alone (no cache);
-        ``tokens_Bl``: this scale's tokens so far, mask id where unknown (``refine`` only)."""
+    def step(self, state: DecodeState, step: Step, cond_RD: Tensor, cache: KVCache | None = None) -> Tensor:
+        """Logits (R, pn^2, V) of scale ``step.group`` from its input alone (no cache); with
+        ``refine``, also this scale's tokens so far (mask id where still open)."""
+        si = step.group
         start, end = self.scale_ranges[si]
-        x = self._inputs(cond_BD, x_BlCv, start, end, tokens_Bl)
-        return self.head(self.transformer(x, cond_BD=cond_BD))
+        x = self._scale_input(si, cond_RD, state.extra.get("x_next"))
+        if self.config.refine:
+            x = x + self.tok_embeddings(match_rows(state.tokens_BL[:, start:end], cond_RD.shape[0]))
+        return self.head(self.transformer(x, cond_BD=cond_RD))

@@ -22,7 +22,11 @@ from torch import Tensor, nn
 
 from arvision.generators.base import Generator, GridConfig
 from arvision.generators.next_token import rope_2d_table
+from arvision.generators.parts import match_rows
 from arvision.modeling import register_model
+from arvision.nn.kv_cache import KVCache
+from arvision.samplers.config import SamplingConfig
+from arvision.samplers.order import DecodeState, Order, Sampler, Step, check_num_steps, register_order, reveal_step, row_schedules
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -35,6 +39,35 @@ def cosine_mask_ratio(u: Tensor) -> Tensor:
     return torch.cos(u * (math.pi / 2))
 
 
+@register_order
+class MaskedOrder(Order):
+    """``num_steps`` bidirectional passes over the whole grid, each revealing the most confident
+    open tokens on MaskGIT's cosine schedule (per row, over the row's own open tokens; fixed
+    tokens are never masked)."""
+
+    name = "masked"
+    own_settings = ("num_steps", "choice_temperature")
+
+    @property
+    def fill_id(self) -> int:
+        return self.generator.mask_id
+
+    def check(self, s: SamplingConfig) -> None:
+        super().check(s)
+        check_num_steps(s.num_steps or self.generator.default_steps, self.generator.num_tokens, "the grid")
+
+    def plan(self, s: SamplingConfig) -> list[Step]:
+        S, L = s.num_steps or self.generator.default_steps, self.generator.num_tokens
+        return [Step(t, t, 0, L, None, sub=t, subs=S) for t in range(S)]
+
+    def update(self, state: DecodeState, step: Step, logits_BTV: Tensor, sampler: Sampler) -> None:
+        if step.sub == 0:
+            state.extra["keep"] = row_schedules(state.open_BL.sum(1), step.subs)
+        state.tokens_BL, state.open_BL = reveal_step(
+            logits_BTV, state.tokens_BL, state.open_BL, state.extra["keep"][step.sub], (step.sub + 1) / step.subs, sampler
+        )
+
+
 @register_model
 class MaskedGenerator(Generator):
     """Class-conditional masked-token generator over a VQ token grid."""
@@ -42,7 +75,7 @@ class MaskedGenerator(Generator):
     model_type = "masked_generator"
     config_class = MaskedConfig
     config: MaskedConfig
-    order = "masked"
+    order_class = MaskedOrder
     default_steps = 8
 
     def __init__(self, config: MaskedConfig) -> None:
@@ -65,10 +98,19 @@ class MaskedGenerator(Generator):
     def num_steps(self) -> int:
         return self.default_steps
 
+    def new_cache(self, batch_size: int) -> None:
+        return None  # every pass recomputes the whole grid bidirectionally
+
     def forward(self, tokens_BL: Tensor, labels_B: Tensor) -> Tensor:
         """Logits (B, L, V) for every grid position given a partly masked grid (mask id = V)."""
+        return self._logits(tokens_BL, self.class_emb(labels_B))
+
+    def step(self, state: DecodeState, step: Step, cond_RD: Tensor, cache: KVCache | None = None) -> Tensor:
+        """Logits (R, L, V) of the whole grid given the decoded and still-masked tokens."""
+        return self._logits(match_rows(state.tokens_BL, cond_RD.shape[0]), cond_RD)
+
+    def _logits(self, tokens_BL: Tensor, cond: Tensor) -> Tensor:
         x = self.tok_embeddings(tokens_BL)
-        cond = self.class_emb(labels_B)
         if self.config.transformer.conditioning == "prefix":
             h = self.transformer(torch.cat([cond.unsqueeze(1), x], 1), rope=self.rope_table)[:, 1:]
         else:

@@ -28,8 +28,12 @@ from torch import Tensor, nn
 
 from arvision.generators.base import Generator, GridConfig
 from arvision.generators.next_token import rope_2d_table
+from arvision.generators.parts import match_rows
 from arvision.modeling import register_model
+from arvision.nn.kv_cache import KVCache
 from arvision.nn.transformer import group_causal_mask
+from arvision.samplers.config import SamplingConfig
+from arvision.samplers.order import DecodeState, Order, Step, register_order
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,6 +50,17 @@ def ring_order(n: int) -> tuple[Tensor, Tensor]:
     return order_L, ring[order_L]
 
 
+@register_order
+class NeighborOrder(Order):
+    """One ring of equal Manhattan distance per forward pass; fixed tokens (editing) are kept."""
+
+    name = "next-neighbor"
+
+    def plan(self, s: SamplingConfig) -> list[Step]:
+        g = self.generator
+        return [Step(d, d, a, b, g.order_L[a:b]) for d, (a, b) in enumerate(g.ring_ranges)]
+
+
 @register_model
 class NeighborGenerator(Generator):
     """Class-conditional next-neighbour (ring-by-ring) generator over a VQ token grid."""
@@ -53,7 +68,7 @@ class NeighborGenerator(Generator):
     model_type = "neighbor_generator"
     config_class = NeighborConfig
     config: NeighborConfig
-    order = "next-neighbor"
+    order_class = NeighborOrder
 
     def __init__(self, config: NeighborConfig) -> None:
         super().__init__(config)
@@ -86,11 +101,11 @@ class NeighborGenerator(Generator):
     def new_cache(self, batch_size: int):
         return self.transformer.new_cache(batch_size, self.num_tokens)
 
-    def _embed(self, labels_B: Tensor, tokens_BL: Tensor, start: int, end: int) -> Tensor:
+    def _embed(self, cond_BC: Tensor, tokens_BL: Tensor, start: int, end: int) -> Tensor:
         """Input embeddings of sequence positions [start, end) from raster tokens (unknown ones unused)."""
         parts = []
         if start == 0:
-            parts.append(self.class_emb(labels_B).unsqueeze(1))
+            parts.append(cond_BC.unsqueeze(1))
             start = 1
         if end > start:
             padded = torch.cat([tokens_BL, tokens_BL.new_full((tokens_BL.shape[0], 1), self.config.vocab_size)], 1)
@@ -98,21 +113,23 @@ class NeighborGenerator(Generator):
             parts.append(self.up_embeddings(up) + self.left_embeddings(left))
         return torch.cat(parts, 1)
 
-    def _cond(self, labels_B: Tensor) -> Tensor | None:
-        return self.class_emb(labels_B) if self.config.transformer.conditioning == "adaln" else None
+    def _adaln(self, cond_BC: Tensor) -> Tensor | None:
+        return cond_BC if self.config.transformer.conditioning == "adaln" else None
 
     def forward(self, tokens_BL: Tensor, labels_B: Tensor) -> Tensor:
         """Teacher-forced logits (B, L, V) in raster order: each cell sees the class and earlier rings."""
-        x = self._embed(labels_B, tokens_BL, 0, self.num_tokens)
-        h = self.transformer(x, cond_BD=self._cond(labels_B), attn_mask=self.attn_mask, rope=self.rope_table)
+        cond = self.class_emb(labels_B)
+        x = self._embed(cond, tokens_BL, 0, self.num_tokens)
+        h = self.transformer(x, cond_BD=self._adaln(cond), attn_mask=self.attn_mask, rope=self.rope_table)
         return self.head(h)[:, self.inverse_order_L]
 
-    def step(self, ring: int, labels_B: Tensor, tokens_BL: Tensor, cache) -> Tensor:
-        """Logits (B, T, V) of the cells ``order_L[start:end]`` of ``ring``, given the decoded rings < ``ring``
-        (raster ``tokens_BL``) in ``cache``; the new positions see the cache and each other, so no mask."""
-        start, end = self.ring_ranges[ring]
-        if cache.length != start:
-            raise ValueError(f"cache holds {cache.length} positions; ring {ring} starts at {start}")
-        x = self._embed(labels_B, tokens_BL, start, end)
-        h = self.transformer(x, cond_BD=self._cond(labels_B), rope=self.rope_table[start:end], cache=cache)
-        return self.head(h)
+    def step(self, state: DecodeState, step: Step, cond_RD: Tensor, cache: KVCache | None) -> Tensor:
+        """Logits (R, T, V) of the cells ``order_L[start:end]`` (ring ``step.group``) given the decoded
+        rings in ``cache``; the new positions see the cache and each other, so no mask. Without a cache
+        every position up to ``end`` is recomputed (the reference the cached path must agree with)."""
+        start, end = step.start, step.end
+        first = start if cache is not None else 0
+        x = self._embed(cond_RD, match_rows(state.tokens_BL, cond_RD.shape[0]), first, end)
+        mask = None if cache is not None else self.attn_mask[:end, :end]
+        h = self.transformer(x, cond_BD=self._adaln(cond_RD), attn_mask=mask, rope=self.rope_table[first:end], cache=cache, start=first)
+        return self.head(h)[:, start - first :]

@@ -16,10 +16,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from arvision.generators.base import Generator, GeneratorConfig, SamplingConfig
+from arvision.generators.base import Generator, GeneratorConfig
+from arvision.generators.parts import match_rows
 from arvision.modeling import register_model
+from arvision.nn.kv_cache import KVCache
 from arvision.nn.linear import Linear
 from arvision.nn.transformer import group_causal_mask
+from arvision.samplers.config import SamplingConfig
+from arvision.samplers.order import DecodeState, Order, Sampler, Step, register_order
+from arvision.tokenizers.layout import TokenLayout
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,6 +46,33 @@ class NextScaleConfig(GeneratorConfig):
             raise ValueError(f"scale_loss_weights needs {len(self.patch_nums)} non-negative weights, got {w}")
 
 
+@register_order
+class NextScaleOrder(Order):
+    """One scale per forward pass. After each scale the tokenizer adds its codes to the
+    accumulated latent f_hat (``state.extra["f_hat"]``) and gives the next scale's input
+    (``state.extra["x_next"]``); fixed tokens (editing) replace the sampled ones at every scale
+    before they enter f_hat, as in VAR's zero-shot editing."""
+
+    name = "next-scale"
+
+    def plan(self, s: SamplingConfig) -> list[Step]:
+        return [Step(si, si, a, b, torch.arange(a, b)) for si, (a, b) in enumerate(self.generator.scale_ranges)]
+
+    def start(self, batch_size, prior_BL, known_BL, device) -> DecodeState:
+        state = super().start(batch_size, prior_BL, known_BL, device)
+        state.extra["f_hat"] = self.tokenizer.empty_fhat(batch_size)
+        return state
+
+    def update(self, state: DecodeState, step: Step, logits_BTV: Tensor, sampler: Sampler) -> None:
+        a, b = step.start, step.end
+        state.fill(slice(a, b), sampler.sample(logits_BTV))
+        self.scale_done(state, step.group, a, b)
+
+    def scale_done(self, state: DecodeState, si: int, a: int, b: int) -> None:
+        """Add scale ``si``'s tokens to f_hat and prepare the next scale's input (tokenizer work)."""
+        state.extra["f_hat"], state.extra["x_next"] = self.tokenizer.next_scale_input(si, state.extra["f_hat"], state.tokens_BL[:, a:b])
+
+
 @register_model
 class NextScaleGenerator(Generator):
     """Class-conditional next-scale generator over a multi-scale residual VQ tokenizer."""
@@ -48,8 +80,12 @@ class NextScaleGenerator(Generator):
     model_type = "next_scale_generator"
     config_class = NextScaleConfig
     config: NextScaleConfig
-    order = "next-scale"
-    tokenizer_kind = "multiscale"
+    order_class = NextScaleOrder
+    layout_kind = "scales"
+
+    @classmethod
+    def _layout_fields(cls, layout: TokenLayout) -> dict:
+        return {"patch_nums": layout.scales, "code_dim": layout.code_dim}
 
     def __init__(self, config: NextScaleConfig) -> None:
         super().__init__(config)
@@ -105,18 +141,23 @@ class NextScaleGenerator(Generator):
             x_in = tokenizer.teacher_forcing_input(tokens_BL)
         return {"labels_B": labels_B, "x_BLCv": x_in}, {}
 
+    def reference_logits(self, tokens_BL: Tensor, labels_B: Tensor, tokenizer=None) -> Tensor:
+        return self(labels_B, tokenizer.teacher_forcing_input(tokens_BL))
+
     def training_loss(self, logits_BLV: Tensor, tokens_BL: Tensor, extra: dict) -> tuple[Tensor, Tensor]:
         return self.loss(logits_BLV, tokens_BL, self.loss_weights_L)
 
-    def step(self, si: int, cond_BD: Tensor, x_BlCv: Tensor | None, cache) -> Tensor:
-        """Logits (B, pn_si^2, V) of scale ``si``; ``x_BlCv`` is its input from ``next_scale_input`` (None for si=0).
-
-        Every earlier scale is in the cache and fully visible, so no mask is needed.
-        """
+    def _scale_input(self, si: int, cond_RD: Tensor, x_BlCv: Tensor | None) -> Tensor:
+        """Input embeddings of scale ``si``: the class + ``pos_start`` for the first, else the
+        tokenizer's next-scale input; plus level and position embeddings."""
         start, end = self.scale_ranges[si]
         if si == 0:
-            x = cond_BD.unsqueeze(1).expand(-1, self.first_len, -1) + self.pos_start
+            x = cond_RD.unsqueeze(1).expand(-1, self.first_len, -1) + self.pos_start
         else:
-            x = self.word_embed(x_BlCv)
-        x = x + self._lvl_pos(start, end)
-        return self.head(self.transformer(x, cond_BD=cond_BD, cache=cache))
+            x = self.word_embed(match_rows(x_BlCv, cond_RD.shape[0]))
+        return x + self._lvl_pos(start, end)
+
+    def step(self, state: DecodeState, step: Step, cond_RD: Tensor, cache: KVCache | None) -> Tensor:
+        """Logits (R, pn^2, V) of scale ``step.group``; every earlier scale is in the cache and fully visible."""
+        x = self._scale_input(step.group, cond_RD, state.extra.get("x_next"))
+        return self.head(self.transformer(x, cond_BD=cond_RD, cache=cache, start=step.start))

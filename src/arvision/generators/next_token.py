@@ -16,8 +16,12 @@ import torch
 from torch import Tensor, nn
 
 from arvision.generators.base import Generator, GridConfig
+from arvision.generators.parts import match_rows
 from arvision.modeling import register_model
+from arvision.nn.kv_cache import KVCache
 from arvision.nn.transformer import group_causal_mask
+from arvision.samplers.config import SamplingConfig
+from arvision.samplers.order import DecodeState, Order, Step, register_order
 
 POSITIONS = ("rope2d", "learned")
 
@@ -54,6 +58,17 @@ def rope_2d_table(grid_size: int, head_dim: int, base: float, num_prefix: int = 
     return torch.cat([torch.zeros(num_prefix, half, 2), table])
 
 
+@register_order
+class NextTokenOrder(Order):
+    """One token per forward pass: pass i computes sequence position i (the class token for i = 0,
+    else token i - 1) and predicts token i. Fixed tokens (editing) are teacher-forced."""
+
+    name = "next-token"
+
+    def plan(self, s: SamplingConfig) -> list[Step]:
+        return [Step(i, i, i, i + 1, torch.tensor([i])) for i in range(self.generator.num_tokens)]
+
+
 @register_model
 class NextTokenGenerator(Generator):
     """Class-conditional raster-order generator over a VQ token grid."""
@@ -61,7 +76,7 @@ class NextTokenGenerator(Generator):
     model_type = "next_token_generator"
     config_class = NextTokenConfig
     config: NextTokenConfig
-    order = "next-token"
+    order_class = NextTokenOrder
 
     def __init__(self, config: NextTokenConfig) -> None:
         super().__init__(config)
@@ -84,11 +99,11 @@ class NextTokenGenerator(Generator):
     def num_steps(self) -> int:
         return self.num_tokens
 
-    def _embed(self, labels_B: Tensor, tokens_BT: Tensor | None, start: int) -> Tensor:
+    def _embed(self, cond_BC: Tensor, tokens_BT: Tensor | None, start: int) -> Tensor:
         """Input embeddings of sequence positions [start, start + T); position 0 is the class token."""
         parts = []
         if start == 0:
-            parts.append(self.class_emb(labels_B).unsqueeze(1))
+            parts.append(cond_BC.unsqueeze(1))
         if tokens_BT is not None and tokens_BT.shape[1] > 0:
             parts.append(self.tok_embeddings(tokens_BT))
         x = torch.cat(parts, 1)
@@ -99,26 +114,26 @@ class NextTokenGenerator(Generator):
     def _rope(self, start: int, length: int) -> Tensor | None:
         return self.rope_table[start : start + length] if self.config.positions == "rope2d" else None
 
+    def _adaln(self, cond_BC: Tensor) -> Tensor | None:
+        return cond_BC if self.config.transformer.conditioning == "adaln" else None
+
     def forward(self, tokens_BL: Tensor, labels_B: Tensor) -> Tensor:
         """Teacher-forced logits (B, L, V): position p sees the class and tokens < p."""
-        x = self._embed(labels_B, tokens_BL[:, :-1], 0)
-        cond = self.class_emb(labels_B) if self.config.transformer.conditioning == "adaln" else None
-        h = self.transformer(x, cond_BD=cond, is_causal=True, rope=self._rope(0, x.shape[1]))
+        cond = self.class_emb(labels_B)
+        x = self._embed(cond, tokens_BL[:, :-1], 0)
+        h = self.transformer(x, cond_BD=self._adaln(cond), is_causal=True, rope=self._rope(0, x.shape[1]))
         return self.head(h)
 
-    def step(self, labels_B: Tensor, tokens_BT: Tensor | None, cache) -> Tensor:
-        """Extend the cached sequence by ``tokens_BT`` (plus the class token when the cache is empty).
-
-        Returns the logits (B, T', V) of the new positions; the last one predicts the next token.
-        Several new tokens at once (speculative verification) attend causally among themselves.
-        """
-        start = cache.length
-        x = self._embed(labels_B, tokens_BT, start)
+    def step(self, state: DecodeState, step: Step, cond_RD: Tensor, cache: KVCache | None) -> Tensor:
+        """Positions [start, end): the class token at 0, token p - 1 at position p; position p predicts token p.
+        Several positions at once (speculative verification) attend causally among themselves."""
+        start, end = step.start, step.end
+        tokens = match_rows(state.tokens_BL[:, max(start - 1, 0) : end - 1], cond_RD.shape[0])
+        x = self._embed(cond_RD, tokens, start)
         T = x.shape[1]
         mask = None
         if T > 1:
-            pos = torch.arange(start + T, device=x.device)
-            mask = group_causal_mask(pos[start:], pos)
-        cond = self.class_emb(labels_B) if self.config.transformer.conditioning == "adaln" else None
-        h = self.transformer(x, cond_BD=cond, attn_mask=mask, rope=self._rope(start, T), cache=cache)
+            pos = torch.arange(end, device=x.device)
+            mask = group_causal_mask(pos[start:], pos if cache is not None else pos[start:])
+        h = self.transformer(x, cond_BD=self._adaln(cond_RD), attn_mask=mask, rope=self._rope(start, T), cache=cache, start=start)
         return self.head(h)

@@ -17,7 +17,8 @@ MLP                GELU (tanh) 4x, with biases                 SwiGLU, hidden ro
 =================  ==========================================  ===================================
 
 Masks and caches come from the caller: ``attn_mask`` is a boolean (Lq, Lk) "may attend" matrix
-(see :func:`group_causal_mask`) and ``cache`` an explicit :class:`~arvision.samplers.kv_cache.KVCache`.
+(see :func:`group_causal_mask`) and ``cache`` an explicit :class:`~arvision.nn.kv_cache.KVCache` written at
+the explicit sequence positions ``[start, start + L)``.
 
 Legend: B batch, L positions of this call, C width, H heads, Dh head dim, D condition width.
 """
@@ -32,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from arvision.config import Config
+from arvision.nn.kv_cache import KVCache
 from arvision.nn.linear import Linear, linear
 
 _CHOICES = {
@@ -157,7 +159,7 @@ class Attention(nn.Module):
         self.proj = Linear(C, C, bias=cfg.proj_bias)
 
     def forward(self, x_BLC: Tensor, *, attn_mask: Tensor | None, is_causal: bool, rope: Tensor | None,
-                cache, layer: int) -> Tensor:  # fmt: skip
+                cache: KVCache | None, start: int, layer: int) -> Tensor:  # fmt: skip
         B, L, C = x_BLC.shape
         bias = torch.cat([self.q_bias, self.zero_k_bias, self.v_bias]) if hasattr(self, "q_bias") else None
         qkv = linear(x_BLC, self.qkv, bias).view(B, L, 3, self.num_heads, self.head_dim)
@@ -168,7 +170,7 @@ class Attention(nn.Module):
         if rope is not None:
             q, k = apply_rope(q, rope), apply_rope(k, rope)
         if cache is not None:
-            k, v = cache.update(layer, k, v)
+            k, v = cache.write(layer, start, k, v)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=self.scale)
         return self.proj(out.transpose(1, 2).reshape(B, L, C))
 
@@ -244,7 +246,8 @@ class Transformer(nn.Module):
             self.norm = make_norm(cfg, affine=True)
 
     def forward(self, x_BLC: Tensor, *, cond_BD: Tensor | None = None, attn_mask: Tensor | None = None,
-                is_causal: bool = False, rope: Tensor | None = None, cache=None) -> Tensor:  # fmt: skip
+                is_causal: bool = False, rope: Tensor | None = None, cache: KVCache | None = None,
+                start: int = 0) -> Tensor:  # fmt: skip
         """Run all blocks.
 
         Args:
@@ -253,7 +256,9 @@ class Transformer(nn.Module):
             attn_mask: boolean (L, Lk) "may attend" mask, Lk = cached + L; None = attend to all.
             is_causal: plain causal attention without an explicit mask (training / prefill).
             rope: (L, Dh/2, 2) cos/sin of these positions, or None.
-            cache: a KVCache to read and extend; its length advances by L.
+            cache: a KVCache to read and write: this call's keys/values go to positions
+                [start, start + L) and the cache then holds start + L positions.
+            start: sequence position of the first input (with a cache; 0 without).
         """
         cfg = self.config
         cond = None
@@ -263,14 +268,12 @@ class Transformer(nn.Module):
             cond = self.shared_ada_lin(cond_BD).view(-1, 1, 6, cfg.width) if cfg.shared_adaln else cond_BD
         h = x_BLC
         for i, block in enumerate(self.blocks):
-            h = block(h, cond, attn_mask=attn_mask, is_causal=is_causal, rope=rope, cache=cache, layer=i)
+            h = block(h, cond, attn_mask=attn_mask, is_causal=is_causal, rope=rope, cache=cache, start=start, layer=i)
         if cache is not None:
-            cache.advance(x_BLC.shape[1])
+            cache.commit(start + x_BLC.shape[1])
         return self.head_nm(h, cond_BD) if cfg.conditioning == "adaln" else self.norm(h)
 
-    def new_cache(self, batch_size: int, max_len: int, *, dtype: torch.dtype | None = None, device=None):
-        from arvision.samplers.kv_cache import KVCache
-
+    def new_cache(self, batch_size: int, max_len: int, *, dtype: torch.dtype | None = None, device=None) -> KVCache:
         p = next(self.parameters())
         return KVCache(num_layers=self.config.depth, batch_size=batch_size, num_heads=self.config.num_heads,
                        max_len=max_len, head_dim=self.config.head_dim, dtype=dtype or p.dtype, device=device or p.device)  # fmt: skip

@@ -1,13 +1,18 @@
-"""Samplers: pure logit processing, an explicit KV cache, and the decoding loops of every order."""
+"""Samplers: sampling settings, pure logit processing, the order protocol and the one decoding loop."""
 
-from arvision.samplers.autoregressive import SamplingStats, sample_next_scale, sample_next_token
-from arvision.samplers.kv_cache import KVCache
+from arvision.nn.kv_cache import KVCache
+from arvision.samplers.config import SamplingConfig
 from arvision.samplers.logits import apply_guidance, filter_top_k, filter_top_p, guidance_weight, sample_logits
-from arvision.samplers.masked import mask_schedule, reveal_step, sample_markov_scale, sample_masked, sample_neighbor
-from arvision.samplers.orders import check_settings, sample_tokens
+from arvision.samplers.loop import (
+    DecodeOutput, SamplingStats, StepInfo, check_settings, decode, sample_next_scale, sample_next_token,
+)  # fmt: skip
+from arvision.samplers.order import (
+    ORDERS, DecodeState, Order, Sampler, Step, mask_schedule, register_order, reveal_step, row_schedules,
+)  # fmt: skip
 
 __all__ = [
-    "KVCache", "SamplingStats", "apply_guidance", "check_settings", "filter_top_k", "filter_top_p", "guidance_weight", "mask_schedule",
-    "reveal_step", "sample_logits", "sample_markov_scale", "sample_masked", "sample_neighbor", "sample_next_scale",
-    "sample_next_token", "sample_tokens",
+    "ORDERS", "DecodeOutput", "DecodeState", "KVCache", "Order", "Sampler", "SamplingConfig", "SamplingStats", "Step",
+    "StepInfo", "apply_guidance", "check_settings", "decode", "filter_top_k", "filter_top_p", "guidance_weight",
+    "mask_schedule", "register_order", "reveal_step", "row_schedules", "sample_logits", "sample_next_scale",
+    "sample_next_token",
 ]  # fmt: skip

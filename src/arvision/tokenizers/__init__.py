@@ -1,12 +1,13 @@
 """Image tokenizers: images in [-1, 1] <-> int64 token ids."""
 
 from arvision.tokenizers.base import AutoencoderConfig, Tokenizer, TokenizerOutput
+from arvision.tokenizers.layout import TokenLayout
 from arvision.tokenizers.multiscale import MultiScaleVQConfig, MultiScaleVQTokenizer
 from arvision.tokenizers.quantizers import MultiScaleQuantizer, QuantizerOutput, VectorQuantizer, phi_index_table
 from arvision.tokenizers.vq import VQConfig, VQTokenizer
 
 __all__ = [
     "AutoencoderConfig", "MultiScaleQuantizer", "MultiScaleVQConfig", "MultiScaleVQTokenizer",
-    "QuantizerOutput", "Tokenizer", "TokenizerOutput", "VQConfig", "VQTokenizer",
+    "QuantizerOutput", "TokenLayout", "Tokenizer", "TokenizerOutput", "VQConfig", "VQTokenizer",
     "VectorQuantizer", "phi_index_table",
 ]  # fmt: skip

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from arvision.config import Config
 from arvision.modeling import PretrainedModel
 from arvision.nn.conv import ConvDecoder, ConvEncoder
+from arvision.tokenizers.layout import TokenLayout
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -115,6 +116,11 @@ class Tokenizer(PretrainedModel):
     @property
     def num_tokens(self) -> int:
         """L: tokens per image."""
+        raise NotImplementedError
+
+    @property
+    def layout(self) -> "TokenLayout":
+        """How the tokens are laid out (what generators are derived from and checked against)."""
         raise NotImplementedError
 
     def encode(self, images: Tensor) -> Tensor:

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from arvision.modeling import register_model
 from arvision.tokenizers.base import AutoencoderConfig, Tokenizer
+from arvision.tokenizers.layout import TokenLayout
 from arvision.tokenizers.quantizers import MultiScaleQuantizer
 
 
@@ -74,6 +75,10 @@ class MultiScaleVQTokenizer(Tokenizer):
     @property
     def num_tokens(self) -> int:
         return sum(pn * pn for pn in self.patch_nums)
+
+    @property
+    def layout(self) -> TokenLayout:
+        return TokenLayout("scales", self.codebook_size, scales=self.patch_nums, code_dim=self.config.codebook_dim)
 
     @property
     def scale_ranges(self) -> list[tuple[int, int]]:

@@ -12,6 +12,7 @@ from torch import Tensor
 
 from arvision.modeling import register_model
 from arvision.tokenizers.base import AutoencoderConfig, Tokenizer
+from arvision.tokenizers.layout import TokenLayout
 from arvision.tokenizers.quantizers import VectorQuantizer
 
 
@@ -41,6 +42,11 @@ class VQTokenizer(Tokenizer):
     @property
     def num_tokens(self) -> int:
         return self.grid_size**2
+
+    @property
+    def layout(self) -> TokenLayout:
+        n = self.grid_size
+        return TokenLayout("grid", self.codebook_size, grid=(n, n), code_dim=self.config.codebook_dim)
 
     @torch.no_grad()
     def encode(self, images: Tensor) -> Tensor:

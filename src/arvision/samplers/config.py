@@ -1,0 +1,71 @@
+"""Sampling settings: the defaults a model ships with, every one overridable per call."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from arvision.config import Config
+
+CFG_SCHEDULES = ("constant", "linear")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SamplingConfig(Config):
+    """Default sampling settings of a model; every one can be overridden per call.
+
+    Guidance conventions differ between the anchors and each model keeps its own:
+
+    * ``constant`` (LlamaGen): logits = uncond + cfg * (cond - uncond) at every step; 1 = off.
+    * ``linear`` (VAR): t = cfg * k / (K - 1) at step k of K, logits = (1 + t) cond - t uncond;
+      0 = off. The weight ramps from 0 at the first step to ``cfg`` at the last.
+
+    A *step* is what an order decodes at once: a token (next-token), a scale (the next-scale
+    orders), a ring (next-neighbour), a masked step. ``cfg_interval`` = k >= 0 guides steps
+    0 .. k + 1 only and samples the rest from the conditional logits (LlamaGen's cfg_interval,
+    which counts decode steps after the first one); -1 guides every step.
+
+    ``top_k`` 0 and ``top_p`` 0 (or 1) disable the filters; ``top_k=1`` is greedy decoding.
+
+    Orders whose number of decoding steps is a sampling choice read ``num_steps`` (masked: steps
+    for the whole grid; Markovian next-scale with refinement: steps per scale); None = the
+    model's default. ``choice_temperature`` scales the annealed Gumbel noise added to the
+    confidences that decide which tokens a masked step keeps (MaskGIT: 4.5).
+    """
+
+    cfg: float = 1.0
+    cfg_schedule: str = "constant"
+    cfg_interval: int = -1
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 0.0
+    num_steps: int | None = None
+    choice_temperature: float = 4.5
+
+    def __post_init__(self) -> None:
+        if self.cfg_schedule not in CFG_SCHEDULES:
+            raise ValueError(f"cfg_schedule must be one of {CFG_SCHEDULES}, got {self.cfg_schedule!r}")
+        if not math.isfinite(self.cfg) or self.cfg < 0:
+            raise ValueError(f"cfg must be a finite number >= 0, got {self.cfg}")
+        if self.cfg_interval < -1:
+            raise ValueError(f"cfg_interval must be -1 (guide every step) or >= 0, got {self.cfg_interval}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        if not 0 <= self.top_p <= 1:
+            raise ValueError(f"top_p must be in [0, 1] (0 or 1 = off), got {self.top_p}")
+        if self.num_steps is not None and (isinstance(self.num_steps, bool) or self.num_steps < 1):
+            raise ValueError(f"num_steps must be a positive number of decoding steps (None = the model's default), got {self.num_steps}")
+        if not self.choice_temperature >= 0:
+            raise ValueError(f"choice_temperature must be >= 0, got {self.choice_temperature}")
+
+    def guided(self) -> bool:
+        return self.cfg != (1.0 if self.cfg_schedule == "constant" else 0.0)
+
+    def guides_step(self, step: int) -> bool:
+        """Whether decoding step ``step`` (0-based) is guided (see ``cfg_interval``)."""
+        return self.guided() and (self.cfg_interval < 0 or step <= self.cfg_interval + 1)
+
+
+ORDER_SETTINGS = ("num_steps", "choice_temperature")  # settings only some orders read

@@ -1,0 +1,131 @@
+"""The one decoding loop every order runs through.
+
+The loop owns what the orders share: the condition and its null for guidance (the batch runs
+doubled, [conditional; null] rows), the cfg schedule and ``cfg_interval`` per decoding step,
+temperature / top-k / top-p through a seeded :class:`~arvision.samplers.order.Sampler`,
+statistics, progress and a per-step callback. The order (``generators/``) says what each
+forward pass computes and how its logits update the state; the generator computes the logits.
+
+Legend: B batch, R rows of a forward pass (2B when guiding), L tokens, T positions, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Callable
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from arvision.samplers.config import SamplingConfig
+from arvision.samplers.logits import apply_guidance, guidance_weight
+from arvision.samplers.order import DecodeState, Sampler, Step
+
+if TYPE_CHECKING:
+    from arvision.generators.base import Generator
+
+
+@dataclass
+class SamplingStats:
+    """What sampling cost: sequential generator forward passes (per batch, summed over batches),
+    tokens produced, images, batches and wall time."""
+
+    forward_passes: int = 0
+    tokens: int = 0
+    images: int = 0
+    batches: int = 0
+    seconds: float = 0.0
+
+    def __iadd__(self, other: "SamplingStats") -> "SamplingStats":
+        for k, v in asdict(other).items():
+            setattr(self, k, getattr(self, k) + v)
+        return self
+
+    @property
+    def forward_passes_per_image(self) -> float:
+        """Sequential forward passes that produced each image (= per batch, since a batch runs together)."""
+        return self.forward_passes / max(self.batches, 1)
+
+    @property
+    def seconds_per_image(self) -> float:
+        return self.seconds / max(self.images, 1)
+
+
+@dataclass
+class StepInfo:
+    """What a per-step callback sees: the step, its guided logits (B, T, V) and the state before
+    the update (``state`` is live: the callback may read it, the loop updates it next)."""
+
+    step: Step
+    logits: Tensor
+    state: DecodeState
+    cfg_weight: float | None
+
+    @property
+    def probs(self) -> Tensor:
+        return self.logits.float().softmax(-1)
+
+
+@dataclass
+class DecodeOutput:
+    tokens: Tensor
+    state: DecodeState
+    stats: SamplingStats
+
+
+def check_settings(generator: "Generator", s: SamplingConfig) -> list[Step]:
+    """The plan of ``generator``'s order for ``s``: a clear error for any setting it cannot use."""
+    order = generator.order_class(generator)
+    order.check(s)
+    return order.plan(s)
+
+
+@torch.no_grad()
+def decode(generator: "Generator", tokenizer, labels_B: Tensor, s: SamplingConfig, rng: torch.Generator | None = None, *,
+           prior_BL: Tensor | None = None, known_BL: Tensor | None = None,
+           callback: Callable[[StepInfo], None] | None = None, progress: bool = False) -> DecodeOutput:  # fmt: skip
+    """Decode one batch with ``generator``'s order.
+
+    ``prior_BL``/``known_BL``: tokens fixed by the caller (editing); every other token is
+    generated. ``callback(info)`` runs after each forward pass, before the state update.
+    """
+    t0 = time.perf_counter()
+    order = generator.order_class(generator, tokenizer)
+    order.check(s)
+    plan = order.plan(s)
+    B, device = labels_B.shape[0], labels_B.device
+    cond_RD = generator.class_emb.encode(labels_B, with_null=s.guided())
+    state = order.start(B, prior_BL, known_BL, device)
+    cache = order.new_cache(cond_RD.shape[0])
+    sampler = Sampler(s, rng)
+    num_groups = plan[-1].group + 1
+    for step in tqdm(plan, desc=f"decode {order.name}", disable=not progress, leave=False):
+        logits = generator.step(state, step, cond_RD, cache)
+        weight = None
+        if logits.shape[0] != B:  # [conditional; null] rows
+            if s.guides_step(step.group):
+                weight = guidance_weight(s.cfg, s.cfg_schedule, step.group, num_groups)
+                logits = apply_guidance(logits[:B], logits[B:], weight, s.cfg_schedule)
+            else:
+                logits = logits[:B]
+        if callback is not None:
+            callback(StepInfo(step, logits, state, weight))
+        order.update(state, step, logits, sampler)
+    L = state.tokens_BL.shape[1]
+    stats = SamplingStats(forward_passes=len(plan), tokens=B * L, images=B, batches=1, seconds=time.perf_counter() - t0)
+    return DecodeOutput(tokens=state.tokens_BL, state=state, stats=stats)
+
+
+def sample_next_token(model, labels_B: Tensor, s: SamplingConfig, generator: torch.Generator | None = None) -> tuple[Tensor, SamplingStats]:
+    """Raster decoding (kept for callers of the former per-order loops): (tokens (B, L), stats)."""
+    out = decode(model, None, labels_B, s, generator)
+    return out.tokens, out.stats
+
+
+def sample_next_scale(model, tokenizer, labels_B: Tensor, s: SamplingConfig,
+                      generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, SamplingStats]:  # fmt: skip
+    """Next-scale decoding (kept for callers of the former per-order loops): (tokens, final f_hat, stats)."""
+    out = decode(model, tokenizer, labels_B, s, generator)
+    return out.tokens, out.state.extra["f_hat"], out.stats

@@ -1,0 +1,196 @@
+"""What an order is to the decoding loop: a plan of forward passes and a state it updates.
+
+An order (one per generator class, defined beside it in ``generators/``) says
+
+* :meth:`Order.plan`: the forward passes of one decoding run, each a :class:`Step` (the sequence
+  positions it computes, the token positions it predicts, the decoding step it belongs to);
+  it validates the settings first (a setting the order cannot use is an error);
+* :meth:`Order.start`: the initial :class:`DecodeState` (tokens, which are fixed by the caller,
+  which are still open);
+* :meth:`Order.update`: how a step's (guided) logits change the state.
+
+The model computes the logits of a step with ``generator.step(state, step, cond, cache)``; the
+loop (:func:`arvision.samplers.loop.decode`) owns everything else. Registering an order with
+:func:`register_order` puts it into the conformance suite (``tests/test_conformance.py``).
+
+Legend: B batch, L tokens of the layout, T positions of one step, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+from torch import Tensor
+
+from arvision.samplers.config import ORDER_SETTINGS, SamplingConfig
+from arvision.samplers.logits import sample_logits
+
+if TYPE_CHECKING:
+    from arvision.nn.kv_cache import KVCache
+
+ORDERS: dict[str, type["Order"]] = {}
+
+
+def register_order(cls: type["Order"]) -> type["Order"]:
+    """Class decorator: make ``cls`` a known order (and a subject of the conformance suite)."""
+    ORDERS[cls.name] = cls
+    return cls
+
+
+@dataclass(frozen=True)
+class Step:
+    """One forward pass.
+
+    Args:
+        index: number of the pass in the plan.
+        group: the decoding step it belongs to (a token, scale, ring or masked step): what the
+            cfg schedule and ``cfg_interval`` count. Refinement passes of one scale share a group.
+        start, end: sequence positions [start, end) this pass computes (and writes to the cache).
+        targets: token positions (T,) whose logits the pass returns, in order; None = all L.
+        sub, subs: the pass's number among the passes of its group and their count.
+    """
+
+    index: int
+    group: int
+    start: int
+    end: int
+    targets: Tensor | None = None
+    sub: int = 0
+    subs: int = 1
+
+
+@dataclass
+class DecodeState:
+    """The tokens being decoded (B, L) in the tokenizer's layout.
+
+    ``known_BL``: fixed by the caller (editing), never changed; ``open_BL``: not decided yet;
+    ``extra``: what an order carries between steps (next-scale: the accumulated latent).
+    """
+
+    tokens_BL: Tensor
+    known_BL: Tensor
+    open_BL: Tensor
+    extra: dict[str, Tensor] = field(default_factory=dict)
+
+    def fill(self, index: Tensor | slice, ids_BT: Tensor) -> None:
+        """Decide the tokens at ``index``; the known ones keep their value."""
+        self.tokens_BL[:, index] = torch.where(self.known_BL[:, index], self.tokens_BL[:, index], ids_BT)
+        self.open_BL[:, index] = False
+
+
+@dataclass
+class Sampler:
+    """Settings + random-number generator: turns logits into token ids (the head's sampling)."""
+
+    settings: SamplingConfig
+    rng: torch.Generator | None = None
+
+    def sample(self, logits_BTV: Tensor) -> Tensor:
+        s = self.settings
+        B, T, V = logits_BTV.shape
+        ids = sample_logits(logits_BTV.reshape(-1, V), temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, generator=self.rng)
+        return ids.view(B, T)
+
+
+def check_num_steps(steps: int, num_tokens: int, what: str) -> None:
+    if steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {steps}")
+    if steps > num_tokens:
+        raise ValueError(
+            f"num_steps={steps} is more than the {num_tokens} tokens of {what}: each step must reveal at least one "
+            f"token, so use at most {num_tokens} steps"
+        )
+
+
+class Order:
+    """Base of the decoding orders; see the module docstring. Subclasses set ``name`` and
+    override :meth:`plan` (and :meth:`update`/:meth:`start` where the default does not fit)."""
+
+    name: ClassVar[str]
+    own_settings: ClassVar[tuple[str, ...]] = ()  # which of ORDER_SETTINGS this order reads
+    fill_id: ClassVar[int | None] = None  # id of still-open tokens (None: 0)
+
+    def __init__(self, generator, tokenizer=None) -> None:
+        self.generator = generator
+        self.tokenizer = tokenizer
+
+    # -- settings and plan -----------------------------------------------------------------------
+    def check(self, s: SamplingConfig) -> None:
+        """A clear error for a setting this order cannot use (before any work is done)."""
+        for name in ORDER_SETTINGS:
+            if name not in self.own_settings and getattr(s, name) != SamplingConfig.__dataclass_fields__[name].default:
+                users = " and ".join(sorted(o.name for o in ORDERS.values() if name in o.own_settings)) or "no"
+                what = f"always takes {self.generator.num_steps} steps" if name == "num_steps" else f"does not use {name}"
+                raise ValueError(f"{name}={getattr(s, name)!r}: the {self.name} order {what}; {name} applies to the {users} "
+                                 f"order(s), so leave it unset")  # fmt: skip
+
+    def plan(self, s: SamplingConfig) -> list[Step]:
+        raise NotImplementedError
+
+    def new_cache(self, rows: int) -> "KVCache | None":
+        return self.generator.new_cache(rows)
+
+    # -- state -----------------------------------------------------------------------------------
+    def start(self, batch_size: int, prior_BL: Tensor | None, known_BL: Tensor | None, device: torch.device) -> DecodeState:
+        L = self.generator.num_tokens
+        fill = self.fill_id if self.fill_id is not None else 0
+        if known_BL is None:
+            known_BL = torch.zeros(batch_size, L, dtype=torch.bool, device=device)
+        tokens = torch.full((batch_size, L), fill, dtype=torch.long, device=device)
+        if prior_BL is not None:
+            tokens = torch.where(known_BL, prior_BL.to(device).long(), tokens)
+        return DecodeState(tokens_BL=tokens, known_BL=known_BL, open_BL=~known_BL)
+
+    def update(self, state: DecodeState, step: Step, logits_BTV: Tensor, sampler: Sampler) -> None:
+        """Default: sample every target position of the step."""
+        state.fill(step.targets if step.targets is not None else slice(None), sampler.sample(logits_BTV))
+
+
+# -- masked decoding: shared by the masked order and refinement inside a scale -------------------
+def _still_masked(n: int, steps: int) -> list[int]:
+    out, prev = [], n
+    for t in range(steps):
+        m = math.floor(n * math.cos(math.pi / 2 * (t + 1) / steps)) if t < steps - 1 else 0
+        m = min(max(min(m, prev - 1), steps - 1 - t), prev)  # the outer min only matters when n < steps
+        out.append(m)
+        prev = m
+    return out
+
+
+def mask_schedule(num_tokens: int, steps: int) -> list[int]:
+    """Tokens still masked after each of ``steps`` steps: MaskGIT's cosine, floor(L cos(pi/2 (t+1)/S)),
+    made strictly decreasing and ending at 0, so every step reveals at least one token."""
+    check_num_steps(steps, num_tokens, "the grid")
+    return _still_masked(num_tokens, steps)
+
+
+def row_schedules(open_B: Tensor, steps: int) -> Tensor:
+    """(steps, B) tokens still masked after each step, per row: the cosine schedule over each row's
+    own open tokens (rows differ when editing fixes some tokens)."""
+    table = {n: _still_masked(n, steps) for n in set(open_B.tolist())}
+    return torch.tensor([table[n] for n in open_B.tolist()], dtype=torch.long, device=open_B.device).T
+
+
+def reveal_step(logits_BLV: Tensor, tokens_BL: Tensor, open_BL: Tensor, keep_masked: Tensor | int, progress: float,
+                sampler: Sampler) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """One MaskGIT step: sample every open position, then keep the ``keep_masked`` (per row) least
+    confident of them masked. Confidence is the log-probability of the sampled token plus Gumbel
+    noise scaled by ``choice_temperature * (1 - progress)`` (annealed to 0 at the last step).
+
+    Returns the updated (tokens, open) pair.
+    """
+    s, rng = sampler.settings, sampler.rng
+    B, L, V = logits_BLV.shape
+    cand = sampler.sample(logits_BLV)
+    keep = torch.as_tensor(keep_masked, device=logits_BLV.device).reshape(-1, 1)
+    if not bool(keep.any()):
+        return torch.where(open_BL, cand, tokens_BL), torch.zeros_like(open_BL)
+    logp = (logits_BLV.float() / s.temperature).log_softmax(-1).gather(-1, cand.unsqueeze(-1)).squeeze(-1)
+    u = torch.rand(B, L, generator=rng, device=logits_BLV.device).clamp_(1e-20, 1 - 1e-7)
+    conf = logp + s.choice_temperature * (1 - progress) * -torch.log(-torch.log(u))
+    conf = conf.masked_fill(~open_BL, float("inf"))
+    still = conf.argsort(dim=1, stable=True).argsort(dim=1) < keep  # the least confident stay masked
+    return torch.where(open_BL & ~still, cand, tokens_BL), still

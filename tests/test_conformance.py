@@ -1,0 +1,136 @@
+"""The conformance suite: every registered order passes the same tests (issue 12).
+
+A new order gets all of them by registering (``@register_order``) and shipping a ``tiny-*``
+generator preset: cached (step by step) decoding equals the full forward pass, settings it
+cannot use are rejected, seeded sampling is deterministic, ``cfg_interval`` means the same for
+every order, and editing keeps the known tokens.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from arvision.pipeline import Pipeline
+from arvision.presets import GENERATOR_PRESETS
+from arvision.samplers import ORDERS, SamplingConfig, decode
+from arvision.samplers.config import ORDER_SETTINGS
+
+from test_generators import build
+
+TINY = {p.model_class.order_class.name: n for n, p in GENERATOR_PRESETS.items() if n.startswith("tiny-")}
+NAMES = sorted(ORDERS)
+
+
+def test_every_registered_order_has_a_tiny_preset() -> None:
+    assert set(ORDERS) <= set(TINY), f"orders without a tiny-* preset: {sorted(set(ORDERS) - set(TINY))}"
+    assert len(ORDERS) >= 5
+
+
+def unguided(gen) -> SamplingConfig:
+    return gen.config.sampling.replace(cfg=1.0 if gen.config.sampling.cfg_schedule == "constant" else 0.0)
+
+
+def encoded(tok, B: int = 3, seed: int = 0) -> torch.Tensor:
+    return tok.encode(torch.rand(B, tok.config.in_channels, tok.config.image_size, tok.config.image_size,
+                                 generator=torch.Generator().manual_seed(seed)) * 2 - 1)  # fmt: skip
+
+
+@pytest.mark.parametrize("order", NAMES)
+def test_stepwise_decoding_equals_the_full_forward(order: str) -> None:
+    """With every token known, each step's logits (KV cache, per-step inputs) equal one full forward pass."""
+    tok, gen = build(TINY[order])
+    tokens, labels = encoded(tok), torch.tensor([1, 5, 10])  # 10 = the null class
+    seen = []
+    out = decode(gen, tok, labels, unguided(gen), prior_BL=tokens, known_BL=torch.ones_like(tokens, dtype=torch.bool),
+                 callback=lambda info: seen.append((info.step.targets, info.logits)))  # fmt: skip
+    assert torch.equal(out.tokens, tokens)
+    with torch.no_grad():
+        ref = gen.reference_logits(tokens, labels, tok)
+    covered = torch.zeros(tokens.shape[1], dtype=torch.bool)
+    for targets, logits in seen:
+        want = ref if targets is None else ref[:, targets]
+        torch.testing.assert_close(logits, want, atol=1e-4, rtol=1e-4)
+        covered[slice(None) if targets is None else targets] = True
+    assert covered.all()
+
+
+@pytest.mark.parametrize("order", NAMES)
+def test_settings_the_order_cannot_use_are_rejected(order: str) -> None:
+    tok, gen = build(TINY[order])
+    pipe = Pipeline(tok, gen)
+    for name in ORDER_SETTINGS:
+        value = {"num_steps": 2, "choice_temperature": 1.0}[name]
+        if name in gen.order_class.own_settings:
+            pipe.sampling_config(**{name: value})  # accepted
+        else:
+            with pytest.raises(ValueError, match=f"{name}.*{order} order"):
+                pipe.sample([1], 1, **{name: value})
+    if "num_steps" in gen.order_class.own_settings:
+        with pytest.raises(ValueError, match="more than the"):
+            pipe.sample([1], 1, num_steps=gen.num_tokens + 1)
+
+
+@pytest.mark.parametrize("order", NAMES)
+def test_seeded_sampling_is_deterministic(order: str) -> None:
+    tok, gen = build(TINY[order])
+    pipe = Pipeline(tok, gen)
+    a = pipe.sample([1, 2], 2, seed=3, decode=False)
+    assert torch.equal(a.tokens, pipe.sample([1, 2], 2, seed=3, decode=False).tokens)
+    assert not torch.equal(a.tokens, pipe.sample([1, 2], 2, seed=4, decode=False).tokens)
+    assert a.stats.forward_passes_per_image == gen.num_steps
+
+
+@pytest.mark.parametrize("order", NAMES)
+@pytest.mark.parametrize("interval", [-1, 0, 1])
+def test_cfg_interval_guides_the_same_steps_in_every_order(order: str, interval: int) -> None:
+    """cfg_interval = k guides decoding steps 0..k+1 (LlamaGen's count) and no later one; -1 guides all."""
+    tok, gen = build(TINY[order])
+    s = gen.config.sampling.replace(cfg=3.0, cfg_schedule="constant", cfg_interval=interval)
+    seen = []
+    decode(gen, tok, torch.tensor([2, 7]), s, torch.Generator().manual_seed(0),
+           callback=lambda info: seen.append((info.step.group, info.cfg_weight)))  # fmt: skip
+    assert len({g for g, _ in seen}) > 2, "the tiny preset needs more than two decoding steps"
+    for group, weight in seen:
+        assert (weight is not None) == (interval < 0 or group <= interval + 1), (group, weight)
+
+
+@pytest.mark.parametrize("order", NAMES)
+def test_guidance_changes_the_first_step(order: str) -> None:
+    """The first step is always guided: its logits differ from the unguided ones (the null rows matter)."""
+    tok, gen = build(TINY[order])
+    first = {}
+    for cfg, interval in ((3.0, -1), (1.0, -1)):
+        s = gen.config.sampling.replace(cfg=cfg, cfg_schedule="constant", cfg_interval=interval)
+        decode(gen, tok, torch.tensor([2, 7]), s, callback=lambda i, k=cfg: first.setdefault(k, i.logits.clone()))
+    assert not torch.allclose(first[3.0], first[1.0])  # guidance changes the logits
+
+
+@pytest.mark.parametrize("order", NAMES)
+def test_editing_keeps_the_known_tokens(order: str) -> None:
+    tok, gen = build(TINY[order])
+    prior = encoded(tok, 4, seed=1)
+    known = torch.rand(prior.shape, generator=torch.Generator().manual_seed(2)) < 0.5
+    s = gen.config.sampling
+
+    def never_changed(info) -> None:
+        assert torch.equal(info.state.tokens_BL[known], prior[known]), f"step {info.step.index} changed a known token"
+
+    out = decode(gen, tok, torch.tensor([0, 3, 5, 9]), s, torch.Generator().manual_seed(0), prior_BL=prior, known_BL=known,
+                 callback=never_changed)  # fmt: skip
+    assert torch.equal(out.tokens[known], prior[known])
+    assert out.tokens.min() >= 0 and out.tokens.max() < gen.config.vocab_size  # no mask ids left
+    # the pixel-level entry point: bottom half masked -> the top tokens are the input's own
+    pipe = Pipeline(tok, gen)
+    H = tok.config.image_size
+    images = tok.decode(prior).add(1).div(2).clamp(0, 1)
+    mask = torch.zeros(1, 1, H, H, dtype=torch.bool)
+    mask[..., H // 2 :, :] = True
+    edit = pipe.sample_edit(images, mask, classes=3, seed=0)
+    assert edit.images.shape == images.shape and 0 <= edit.images.min() and edit.images.max() <= 1
+    kept = edit.known
+    assert kept.any() and not kept.all()
+    assert torch.equal(edit.tokens[kept], tok.encode(images * 2 - 1)[kept])
+    # an all-False mask gives the tokenizer's reconstruction
+    recon = pipe.edit(images, torch.zeros(4, 1, H, H, dtype=torch.bool), classes=[1, 2, 3, 4])
+    torch.testing.assert_close(recon, tok.reconstruct(images * 2 - 1).add(1).div(2).clamp(0, 1))
