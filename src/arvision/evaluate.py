@@ -28,7 +28,7 @@ from arvision.tokenizers import Tokenizer
 
 if TYPE_CHECKING:
     from arvision.pipeline import Pipeline
-    from arvision.train.distributed import DistInfo
+    from arvision.distributed import DistInfo
 
 
 @torch.no_grad()
@@ -110,7 +110,7 @@ def evaluate_generator(
     Returns the report (also written to ``out_dir/report.json``) on rank 0 and None on other ranks.
     Samples are written to ``out_dir/samples.npz`` (``arr_0`` uint8 NHWC, ``arr_1`` labels).
     """
-    from arvision.train.distributed import DistInfo, barrier
+    from arvision.distributed import DistInfo, barrier
 
     dist = dist or DistInfo()
     if n < 2:

@@ -12,6 +12,7 @@ A model directory holds:
 from __future__ import annotations
 
 import hashlib
+import importlib.resources
 import json
 import os
 from pathlib import Path
@@ -90,6 +91,34 @@ class PretrainedModel(nn.Module):
                 "use arvision.load(directory) to open any model type"
             )
         return model
+
+
+def shipped_models_dir() -> Path:
+    return Path(str(importlib.resources.files("arvision") / "assets" / "models"))
+
+
+def list_models() -> dict[str, str]:
+    """Shipped models: ``{name: one-line description}``."""
+    root = shipped_models_dir()
+    out: dict[str, str] = {}
+    if root.is_dir():
+        for d in sorted(p for p in root.iterdir() if (p / "config.json").is_file()):
+            out[d.name] = str(read_model_config(d).get("info", {}).get("description", ""))
+    return out
+
+
+def resolve(name_or_path: str | os.PathLike) -> Path:
+    """A shipped model's directory for a known name, else the path itself."""
+    path = Path(name_or_path)
+    if not path.exists():
+        shipped = shipped_models_dir() / str(name_or_path)
+        if isinstance(name_or_path, str) and "/" not in name_or_path and (shipped / "config.json").is_file():
+            return shipped
+        names = ", ".join(list_models()) or "none"
+        raise ModelFileError(
+            f"'{name_or_path}' is neither a model directory nor a shipped model name (shipped: {names})"
+        )
+    return path
 
 
 def read_model_config(directory: str | os.PathLike) -> dict[str, Any]:

@@ -61,7 +61,7 @@ def print_report(title: str, report: dict) -> None:
 def run_generator(args: argparse.Namespace) -> int:
     from arvision.evaluate import evaluate_generator
     from arvision.metrics.features import get_feature_extractor, load_reference
-    from arvision.train import distributed
+    from arvision import distributed
 
     dist, device = distributed.init(args.device)
     pipe = load_pipeline(args.model, device=device)

@@ -73,13 +73,10 @@ class MnistFeatures(FeatureExtractor):
     name, dim = "mnist", 128
 
     def __init__(self, classifier: str | os.PathLike = "mnist-classifier", device: str | torch.device = "cpu") -> None:
-        from arvision.hub import load
         from arvision.metrics.mnist_classifier import MnistClassifier
+        from arvision.modeling import resolve
 
-        self.net = load(classifier, device=device)
-        if not isinstance(self.net, MnistClassifier):
-            raise DataError(f"{classifier} is a {self.net.model_type}, not the MNIST classifier")
-        self.net.eval()
+        self.net = MnistClassifier.from_pretrained(resolve(classifier), map_location=device).eval()
         self.dim = self.net.config.feature_dim
 
     @torch.no_grad()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -21,10 +21,7 @@ from tqdm.auto import tqdm
 
 from arvision.samplers.config import SamplingConfig
 from arvision.samplers.logits import apply_guidance, guidance_weight
-from arvision.samplers.order import DecodeState, Sampler, Step
-
-if TYPE_CHECKING:
-    from arvision.generators.base import Generator
+from arvision.samplers.order import DecodeState, Decoder, Sampler, Step
 
 
 @dataclass
@@ -75,7 +72,7 @@ class DecodeOutput:
     stats: SamplingStats
 
 
-def check_settings(generator: "Generator", s: SamplingConfig) -> list[Step]:
+def check_settings(generator: Decoder, s: SamplingConfig) -> list[Step]:
     """The plan of ``generator``'s order for ``s``: a clear error for any setting it cannot use."""
     order = generator.order_class(generator)
     order.check(s)
@@ -83,7 +80,7 @@ def check_settings(generator: "Generator", s: SamplingConfig) -> list[Step]:
 
 
 @torch.no_grad()
-def decode(generator: "Generator", tokenizer, labels_B: Tensor, s: SamplingConfig, rng: torch.Generator | None = None, *,
+def decode(generator: Decoder, tokenizer, labels_B: Tensor, s: SamplingConfig, rng: torch.Generator | None = None, *,
            prior_BL: Tensor | None = None, known_BL: Tensor | None = None,
            callback: Callable[[StepInfo], None] | None = None, progress: bool = False) -> DecodeOutput:  # fmt: skip
     """Decode one batch with ``generator``'s order.

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 import torch
 from torch import Tensor
@@ -32,6 +32,19 @@ if TYPE_CHECKING:
     from arvision.nn.kv_cache import KVCache
 
 ORDERS: dict[str, type["Order"]] = {}
+
+
+class Decoder(Protocol):
+    """What the loop needs of a generator (``arvision.generators.Generator`` is one): its order, its
+    condition part (``class_emb.encode``), token count and the one step contract."""
+
+    order_class: type["Order"]
+    class_emb: torch.nn.Module
+    num_tokens: int
+
+    def new_cache(self, rows: int) -> "KVCache | None": ...
+
+    def step(self, state: "DecodeState", step: "Step", cond_RD: Tensor, cache: "KVCache | None") -> Tensor: ...
 
 
 def register_order(cls: type["Order"]) -> type["Order"]:

@@ -29,7 +29,7 @@ from arvision.modeling import _REGISTRY, _sha256
 from arvision.pipeline import Pipeline
 from arvision.presets import GeneratorTrainConfig, get_generator_preset
 from arvision.tokenizers import Tokenizer
-from arvision.train import distributed as D
+from arvision import distributed as D
 from arvision.train.common import CHECKPOINT_NAME, StepBatchSampler, make_adamw, save_checkpoint, set_lr, start_or_resume
 
 TOKEN_CACHE = "tokens.safetensors"
