@@ -11,7 +11,7 @@ from arvision.errors import ArvisionError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from arvision.cli import convert, demo, eval, generate, models, reconstruct, train
+    from arvision.cli import convert, demo, edit, eval, generate, models, reconstruct, train
 
     parser = argparse.ArgumentParser(
         prog="arvision",
@@ -22,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     convert.register(sub)
     demo.register(sub)
+    edit.register(sub)
     eval.register(sub)
     generate.register(sub)
     models.register(sub)

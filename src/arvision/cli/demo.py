@@ -1,8 +1,10 @@
 """``arvision demo``: the shipped MNIST models, offline, in well under a minute.
 
 For every shipped generator (one per generation order) it writes a grid with one row per digit
-class and prints the time and forward passes per image; it also writes the shipped tokenizers'
-reconstructions of real test digits.
+class and prints the time and forward passes per image; then an in-painting grid (centre square
+regenerated) and an out-painting grid (all but the centre regenerated) of ten real test digits, with
+the share of tokens kept and the shipped classifier's accuracy on the completions; it also writes the
+shipped tokenizers' reconstructions of real test digits.
 """
 
 from __future__ import annotations
@@ -14,12 +16,15 @@ from pathlib import Path
 import torch
 
 from arvision.data import MnistDataset
-from arvision.data.images import save_image
-from arvision.hub import list_models, load
+from arvision.data.images import region_mask, save_image
+from arvision.hub import list_models, load, load_pipeline
 from arvision.metrics import ReconstructionMeter
+from arvision.metrics.mnist_classifier import class_accuracy
+from arvision.pipeline import Pipeline
 
 DEMO_TOKENIZERS = ("mnist-vq", "mnist-msvq")
 DEMO_GENERATORS = ("mnist-raster", "mnist-scale", "mnist-markov-scale", "mnist-neighbor", "mnist-masked")
+DEMO_EDITS = (("inpaint", "center"), ("outpaint", "border"))  # file suffix, preset region (cli/edit.py)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -37,8 +42,9 @@ def run(args: argparse.Namespace) -> int:
     shipped = list_models()
     t_start = time.perf_counter()
     print(f"generating {args.n} samples of each of the 10 digit classes with every shipped generation order")
+    pipes: dict[str, Pipeline] = {}
     for name in (g for g in DEMO_GENERATORS if g in shipped):
-        pipe = load(name)
+        pipe = pipes[name] = load_pipeline(name)
         res = pipe.sample(list(range(pipe.num_classes)), args.n, seed=args.seed)
         # one row per class: reorder [class-major] samples into a (class, n) grid
         path = save_image(res.images * 2 - 1, out / f"{name}.png", nrow=args.n)
@@ -46,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {name:<18} {pipe.generator.order:<13} {1000 * s.seconds_per_image:6.1f} ms/image  "
               f"{s.forward_passes_per_image:4.0f} forward passes/image  -> {path}")  # fmt: skip
     test = MnistDataset("test")
+    if pipes and "mnist-classifier" in shipped:
+        edit_demo(pipes, test, out, args.seed)
     x = test.images[:20]
     for name in DEMO_TOKENIZERS:
         tok = load(name)
@@ -55,5 +63,26 @@ def run(args: argparse.Namespace) -> int:
         meter.update(y, x)
         path = save_image(torch.cat([x, y]), out / f"{name}-reconstructions.png", nrow=10)
         print(f"  {name:<18} tokenizer       PSNR {meter.compute()['psnr']:.2f} dB on 20 test digits -> {path}")
-    print(f"done in {time.perf_counter() - t_start:.1f} s (rows = classes 0-9; reconstructions: originals above)")
+    print(f"done in {time.perf_counter() - t_start:.1f} s (rows = classes 0-9; edits: masked inputs above; "
+          "reconstructions: originals above)")  # fmt: skip
     return 0
+
+
+def edit_demo(pipes: dict[str, Pipeline], test: MnistDataset, out: Path, seed: int) -> None:
+    """In- and out-paint the first test digit of every class (as that class) with every generator."""
+    idx = [int((test.labels == c).nonzero()[0, 0]) for c in range(10)]
+    x, labels = test.images[idx].add(1).div(2), test.labels[idx]
+    classifier = load("mnist-classifier")
+    size = x.shape[-1]
+    print(f"editing 10 test digits: in-painting regenerates the centre {size // 2}x{size // 2} pixels, "
+          "out-painting everything else")  # fmt: skip
+    for name, pipe in pipes.items():
+        parts = []
+        for suffix, region in DEMO_EDITS:
+            mask = region_mask(region, size)
+            res = pipe.sample_edit(x, mask, classes=labels.tolist(), seed=seed)
+            shown = x.masked_fill(mask, 0.5)  # the regenerated region in grey
+            save_image(torch.cat([shown, res.images]) * 2 - 1, out / f"{name}-{suffix}.png", nrow=10)
+            acc = class_accuracy(classifier, res.images, labels)
+            parts.append(f"{suffix} {100 * res.known.float().mean().item():2.0f} % kept, {100 * acc:3.0f} % class acc")
+        print(f"  {name:<18} {'   '.join(parts)} -> {out / name}-*paint.png")

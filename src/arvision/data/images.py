@@ -40,19 +40,21 @@ def tensor_to_pil(x: Tensor) -> Image.Image:
     return Image.fromarray(arr.permute(1, 2, 0).numpy(), mode="RGB")
 
 
-def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
+def resize_center_crop(img: Image.Image, size: int, *, nearest: bool = False) -> Image.Image:
     """Resize the shorter side to ``size`` and centre-crop to size x size.
 
     Large downscales first halve with a box filter (as ADM's ``center_crop_arr``) so that the
-    final bicubic resize does not alias.
+    final bicubic resize does not alias. ``nearest=True`` (masks) takes the same steps with
+    nearest-neighbour resampling, so a mask lands on the same pixels as its image.
     """
     if size < 1:
         raise ValueError(f"size must be >= 1, got {size}")
+    halve, final = (Image.NEAREST, Image.NEAREST) if nearest else (Image.BOX, Image.BICUBIC)
     while min(img.size) >= 2 * size:
-        img = img.resize(tuple(s // 2 for s in img.size), resample=Image.BOX)
+        img = img.resize(tuple(s // 2 for s in img.size), resample=halve)
     scale = size / min(img.size)
     if scale != 1:
-        img = img.resize(tuple(max(size, round(s * scale)) for s in img.size), resample=Image.BICUBIC)
+        img = img.resize(tuple(max(size, round(s * scale)) for s in img.size), resample=final)
     w, h = img.size
     left, top = (w - size) // 2, (h - size) // 2
     return img.crop((left, top, left + size, top + size))
@@ -79,6 +81,38 @@ def load_image(path: str | os.PathLike, size: int | None = None, channels: int =
     if size is not None:
         img = resize_center_crop(img, size)
     return pil_to_tensor(img, channels)
+
+
+def load_mask(path: str | os.PathLike, size: int) -> Tensor:
+    """Read a mask image as (1, 1, size, size) bool, True where a pixel is nonzero (white = edit);
+    resized and centre-cropped as :func:`load_image` does, with nearest-neighbour resampling."""
+    img = open_image(path).convert("L")
+    return torch.from_numpy(np.asarray(resize_center_crop(img, size, nearest=True)) > 0)[None, None]
+
+
+REGIONS = ("bottom", "top", "left", "right", "center", "border")
+
+
+def region_mask(region: str, size: int, batch: int = 1) -> Tensor:
+    """(batch, 1, size, size) bool mask of a preset region, True = regenerate: a half of the image
+    (``bottom``, ``top``, ``left``, ``right``), the centre square of side size // 2 (``center``,
+    in-painting) or everything but that square (``border``, out-painting)."""
+    if region not in REGIONS:
+        raise ValueError(f"unknown region {region!r}: choose one of {', '.join(REGIONS)}")
+    m = torch.zeros(size, size, dtype=torch.bool)
+    h, a = size // 2, (size - size // 2) // 2
+    if region == "bottom":
+        m[size - h :] = True
+    elif region == "top":
+        m[:h] = True
+    elif region == "left":
+        m[:, :h] = True
+    elif region == "right":
+        m[:, size - h :] = True
+    else:
+        m[a : a + h, a : a + h] = True
+        m = m if region == "center" else ~m
+    return m.expand(batch, 1, size, size).clone()
 
 
 def make_grid(images_BCHW: Tensor, nrow: int = 8, padding: int = 2, pad_value: float = -1.0) -> Tensor:

@@ -1,6 +1,6 @@
 """Generation orders on the shared backbone."""
 
-from arvision.generators.base import Generator, GeneratorConfig, GridConfig
+from arvision.generators.base import Generator, GeneratorConfig, GridConfig, GridGenerator
 from arvision.generators.parts import CategoricalHead, ClassCondition
 from arvision.generators.markov_scale import MarkovScaleConfig, MarkovScaleGenerator
 from arvision.generators.masked import MaskedConfig, MaskedGenerator
@@ -10,7 +10,7 @@ from arvision.generators.next_token import NextTokenConfig, NextTokenGenerator, 
 from arvision.samplers.config import SamplingConfig
 
 __all__ = [
-    "CategoricalHead", "ClassCondition", "Generator", "GeneratorConfig", "GridConfig", "MarkovScaleConfig", "MarkovScaleGenerator", "MaskedConfig", "MaskedGenerator",
+    "CategoricalHead", "ClassCondition", "Generator", "GeneratorConfig", "GridConfig", "GridGenerator", "MarkovScaleConfig", "MarkovScaleGenerator", "MaskedConfig", "MaskedGenerator",
     "NeighborConfig", "NeighborGenerator", "NextScaleConfig", "NextScaleGenerator", "NextTokenConfig",
     "NextTokenGenerator", "SamplingConfig", "rope_2d_table",
 ]  # fmt: skip

@@ -187,3 +187,13 @@ class Generator(PretrainedModel):
     def loss(self, logits_BLV: Tensor, tokens_BL: Tensor, weights_L: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """The head's loss: cross-entropy (optionally weighted over positions) and token accuracy."""
         return self.head.loss(logits_BLV, tokens_BL, weights_L)
+
+
+class GridGenerator(Generator):
+    """Base of the orders over an n x n token grid (config: :class:`GridConfig`)."""
+
+    config: GridConfig
+
+    @property
+    def num_tokens(self) -> int:
+        return self.config.grid_size**2

@@ -10,7 +10,7 @@ Optional masked refinement inside a scale (HMAR's several steps per scale, ``ref
 position also receives the embedding of its token of this scale, or of ``[MASK]`` (id V) while
 it is unknown. Training masks a cosine-scheduled share of every scale (a whole scale in half of
 the examples, so one step per scale stays good); sampling with ``num_steps`` R > 1 reveals a scale
-in R MaskGIT steps (``samplers.masked``). R = 1 is plain Markovian next-scale.
+in R MaskGIT steps (``samplers.order.reveal_pass``). R = 1 is plain Markovian next-scale.
 
 Legend: B batch, L tokens over all scales, C width, Cv code dimension, V vocabulary.
 """
@@ -29,7 +29,7 @@ from arvision.modeling import register_model
 from arvision.nn.kv_cache import KVCache
 from arvision.nn.transformer import group_causal_mask
 from arvision.samplers.config import SamplingConfig
-from arvision.samplers.order import DecodeState, Sampler, Step, check_num_steps, register_order, reveal_step, row_schedules
+from arvision.samplers.order import DecodeState, Sampler, Step, check_num_steps, register_order, reveal_pass
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,33 +52,18 @@ class MarkovScaleOrder(NextScaleOrder):
     name = "markov-scale"
     own_settings = ("num_steps", "choice_temperature")
 
-    @property
-    def fill_id(self) -> int:
-        return self.generator.mask_id
-
-    def check(self, s: SamplingConfig) -> None:
-        super().check(s)
-        if not self.generator.config.refine and (s.num_steps or 1) > 1:
-            raise ValueError(f"num_steps={s.num_steps}: this model was trained without refinement inside a scale (refine=False); use 1")
-        check_num_steps(s.num_steps or 1, max(b - a for a, b in self.generator.scale_ranges), "the largest scale")
-
     def plan(self, s: SamplingConfig) -> list[Step]:
         R, out = s.num_steps or 1, []
+        if R > 1 and not self.generator.config.refine:
+            raise ValueError(f"num_steps={R}: this model was trained without refinement inside a scale (refine=False); use 1")
+        check_num_steps(R, max(b - a for a, b in self.generator.scale_ranges), "the largest scale")
         for si, (a, b) in enumerate(self.generator.scale_ranges):
             n = min(R, b - a)
-            out += [Step(len(out), si, a, b, torch.arange(a, b), sub=t, subs=n) for t in range(n)]
+            out += [Step(len(out), si, a, b, sub=t, subs=n) for t in range(n)]
         return out
 
-    def update(self, state: DecodeState, step: Step, logits_BTV: Tensor, sampler: Sampler) -> None:
-        a, b = step.start, step.end
-        if step.sub == 0:
-            state.extra["keep"] = row_schedules(state.open_BL[:, a:b].sum(1), step.subs)
-        keep = state.extra["keep"][step.sub]
-        state.tokens_BL[:, a:b], state.open_BL[:, a:b] = reveal_step(
-            logits_BTV, state.tokens_BL[:, a:b], state.open_BL[:, a:b], keep, (step.sub + 1) / step.subs, sampler
-        )
-        if step.sub == step.subs - 1:
-            self.scale_done(state, step.group, a, b)
+    def decide(self, state: DecodeState, step: Step, logits_BTV: Tensor, sampler: Sampler) -> None:
+        reveal_pass(state, step, logits_BTV, sampler)
 
 
 @register_model
@@ -104,24 +89,18 @@ class MarkovScaleGenerator(NextScaleGenerator):
     def new_cache(self, batch_size: int):
         return None  # every scale sees only itself: nothing to cache
 
-    def _inputs(self, cond_BD: Tensor, x_BlCv: Tensor | None, start: int, end: int, tokens_Bl: Tensor | None) -> Tensor:
-        if start == 0:
-            x = cond_BD.unsqueeze(1).expand(-1, self.first_len, -1) + self.pos_start
-            if x_BlCv is not None:  # the teacher-forced input of every later scale
-                x = torch.cat([x, self.word_embed(x_BlCv.float())], 1)
-        else:
-            x = self.word_embed(x_BlCv.float())
-        x = x + self._lvl_pos(start, end)
-        if self.config.refine:
-            if tokens_Bl is None:
-                tokens_Bl = torch.full(x.shape[:2], self.mask_id, dtype=torch.long, device=x.device)
-            x = x + self.tok_embeddings(tokens_Bl)
-        return x
+    def _with_tokens(self, x_BTC: Tensor, tokens_BT: Tensor | None) -> Tensor:
+        """With ``refine``: add the embeddings of the scale's tokens so far (mask id where open; all masked if None)."""
+        if not self.config.refine:
+            return x_BTC
+        if tokens_BT is None:
+            tokens_BT = torch.full(x_BTC.shape[:2], self.mask_id, dtype=torch.long, device=x_BTC.device)
+        return x_BTC + self.tok_embeddings(match_rows(tokens_BT, x_BTC.shape[0]))
 
     def forward(self, labels_B: Tensor, x_BLCv: Tensor, tokens_BL: Tensor | None = None) -> Tensor:
         """Teacher-forced logits (B, L, V); ``tokens_BL``: the partly masked tokens (``refine`` only)."""
-        cond = self._cond(labels_B)
-        x = self._inputs(cond, x_BLCv, 0, self.num_tokens, tokens_BL)
+        cond = self.class_emb(labels_B)
+        x = self._with_tokens(self._teacher_inputs(cond, x_BLCv), tokens_BL)
         return self.head(self.transformer(x, cond_BD=cond, attn_mask=self.attn_mask))
 
     def training_inputs(self, tokens_BL: Tensor, labels_B: Tensor, tokenizer,
@@ -155,9 +134,6 @@ class MarkovScaleGenerator(NextScaleGenerator):
     def step(self, state: DecodeState, step: Step, cond_RD: Tensor, cache: KVCache | None = None) -> Tensor:
         """Logits (R, pn^2, V) of scale ``step.group`` from its input alone (no cache); with
         ``refine``, also this scale's tokens so far (mask id where still open)."""
-        si = step.group
-        start, end = self.scale_ranges[si]
-        x = self._scale_input(si, cond_RD, state.extra.get("x_next"))
-        if self.config.refine:
-            x = x + self.tok_embeddings(match_rows(state.tokens_BL[:, start:end], cond_RD.shape[0]))
+        x = self._scale_input(step.group, cond_RD, state.extra.get("x_next"))
+        x = self._with_tokens(x, state.tokens_BL[:, step.start : step.end])
         return self.head(self.transformer(x, cond_BD=cond_RD))

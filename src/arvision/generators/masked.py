@@ -20,13 +20,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from arvision.generators.base import Generator, GridConfig
+from arvision.generators.base import GridConfig, GridGenerator
 from arvision.generators.next_token import rope_2d_table
 from arvision.generators.parts import match_rows
 from arvision.modeling import register_model
 from arvision.nn.kv_cache import KVCache
 from arvision.samplers.config import SamplingConfig
-from arvision.samplers.order import DecodeState, Order, Sampler, Step, check_num_steps, register_order, reveal_step, row_schedules
+from arvision.samplers.order import DecodeState, Order, Sampler, Step, check_num_steps, register_order, reveal_pass
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,28 +48,17 @@ class MaskedOrder(Order):
     name = "masked"
     own_settings = ("num_steps", "choice_temperature")
 
-    @property
-    def fill_id(self) -> int:
-        return self.generator.mask_id
-
-    def check(self, s: SamplingConfig) -> None:
-        super().check(s)
-        check_num_steps(s.num_steps or self.generator.default_steps, self.generator.num_tokens, "the grid")
-
     def plan(self, s: SamplingConfig) -> list[Step]:
         S, L = s.num_steps or self.generator.default_steps, self.generator.num_tokens
-        return [Step(t, t, 0, L, None, sub=t, subs=S) for t in range(S)]
+        check_num_steps(S, L, "the grid")
+        return [Step(t, t, 0, L, sub=t, subs=S) for t in range(S)]
 
     def update(self, state: DecodeState, step: Step, logits_BTV: Tensor, sampler: Sampler) -> None:
-        if step.sub == 0:
-            state.extra["keep"] = row_schedules(state.open_BL.sum(1), step.subs)
-        state.tokens_BL, state.open_BL = reveal_step(
-            logits_BTV, state.tokens_BL, state.open_BL, state.extra["keep"][step.sub], (step.sub + 1) / step.subs, sampler
-        )
+        reveal_pass(state, step, logits_BTV, sampler)
 
 
 @register_model
-class MaskedGenerator(Generator):
+class MaskedGenerator(GridGenerator):
     """Class-conditional masked-token generator over a VQ token grid."""
 
     model_type = "masked_generator"
@@ -89,10 +78,6 @@ class MaskedGenerator(Generator):
     @property
     def mask_id(self) -> int:
         return self.config.vocab_size
-
-    @property
-    def num_tokens(self) -> int:
-        return self.config.grid_size**2
 
     @property
     def num_steps(self) -> int:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from arvision.generators.base import Generator, GridConfig
+from arvision.generators.base import GridConfig, GridGenerator
 from arvision.generators.next_token import rope_2d_table
 from arvision.generators.parts import match_rows
 from arvision.modeling import register_model
@@ -62,7 +62,7 @@ class NeighborOrder(Order):
 
 
 @register_model
-class NeighborGenerator(Generator):
+class NeighborGenerator(GridGenerator):
     """Class-conditional next-neighbour (ring-by-ring) generator over a VQ token grid."""
 
     model_type = "neighbor_generator"
@@ -91,15 +91,8 @@ class NeighborGenerator(Generator):
         self.init_weights()
 
     @property
-    def num_tokens(self) -> int:
-        return self.config.grid_size**2
-
-    @property
     def num_steps(self) -> int:
         return 2 * self.config.grid_size - 1
-
-    def new_cache(self, batch_size: int):
-        return self.transformer.new_cache(batch_size, self.num_tokens)
 
     def _embed(self, cond_BC: Tensor, tokens_BL: Tensor, start: int, end: int) -> Tensor:
         """Input embeddings of sequence positions [start, end) from raster tokens (unknown ones unused)."""

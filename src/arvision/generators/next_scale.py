@@ -11,6 +11,7 @@ Legend: B batch, L tokens over all scales, S scales, C width, Cv code dimension,
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -48,29 +49,22 @@ class NextScaleConfig(GeneratorConfig):
 
 @register_order
 class NextScaleOrder(Order):
-    """One scale per forward pass. After each scale the tokenizer adds its codes to the
-    accumulated latent f_hat (``state.extra["f_hat"]``) and gives the next scale's input
-    (``state.extra["x_next"]``); fixed tokens (editing) replace the sampled ones at every scale
-    before they enter f_hat, as in VAR's zero-shot editing."""
+    """One scale per pass; the tokenizer adds each finished scale to f_hat and gives the next input.
+    Fixed tokens (editing) replace the sampled ones at every scale, as in VAR's zero-shot editing."""
 
     name = "next-scale"
 
     def plan(self, s: SamplingConfig) -> list[Step]:
-        return [Step(si, si, a, b, torch.arange(a, b)) for si, (a, b) in enumerate(self.generator.scale_ranges)]
+        return [Step(si, si, a, b) for si, (a, b) in enumerate(self.generator.scale_ranges)]
 
-    def start(self, batch_size, prior_BL, known_BL, device) -> DecodeState:
-        state = super().start(batch_size, prior_BL, known_BL, device)
-        state.extra["f_hat"] = self.tokenizer.empty_fhat(batch_size)
-        return state
+    decide = Order.update  # how a pass fills the scale's tokens (the Markovian order refines instead)
 
     def update(self, state: DecodeState, step: Step, logits_BTV: Tensor, sampler: Sampler) -> None:
-        a, b = step.start, step.end
-        state.fill(slice(a, b), sampler.sample(logits_BTV))
-        self.scale_done(state, step.group, a, b)
-
-    def scale_done(self, state: DecodeState, si: int, a: int, b: int) -> None:
-        """Add scale ``si``'s tokens to f_hat and prepare the next scale's input (tokenizer work)."""
-        state.extra["f_hat"], state.extra["x_next"] = self.tokenizer.next_scale_input(si, state.extra["f_hat"], state.tokens_BL[:, a:b])
+        self.decide(state, step, logits_BTV, sampler)
+        if step.sub == step.subs - 1:  # the scale is complete: add it to f_hat (tokenizer work), get the next input
+            tokens = state.tokens_BL[:, step.start : step.end]
+            f_hat = state.extra["f_hat"] if step.group else self.tokenizer.empty_fhat(tokens.shape[0])
+            state.extra["f_hat"], state.extra["x_next"] = self.tokenizer.next_scale_input(step.group, f_hat, tokens)
 
 
 @register_model
@@ -115,25 +109,21 @@ class NextScaleGenerator(Generator):
 
     @property
     def scale_ranges(self) -> list[tuple[int, int]]:
-        out, start = [], 0
-        for p in self.config.patch_nums:
-            out.append((start, start + p * p))
-            start += p * p
-        return out
+        ends = list(itertools.accumulate(p * p for p in self.config.patch_nums))
+        return list(zip([0] + ends[:-1], ends))
 
     def _lvl_pos(self, start: int, end: int) -> Tensor:
         return self.lvl_embed(self.lvl_1L[:, start:end]) + self.pos_1LC[:, start:end]
 
-    def _cond(self, labels_B: Tensor) -> Tensor:
-        return self.class_emb(labels_B)
+    def _teacher_inputs(self, cond_BD: Tensor, x_BLCv: Tensor) -> Tensor:
+        """Input embeddings of every scale at once, from the tokenizer's ``teacher_forcing_input``."""
+        sos = cond_BD.unsqueeze(1).expand(-1, self.first_len, -1) + self.pos_start
+        return torch.cat([sos, self.word_embed(x_BLCv.float())], 1) + self._lvl_pos(0, self.num_tokens)
 
     def forward(self, labels_B: Tensor, x_BLCv: Tensor) -> Tensor:
         """Teacher-forced logits (B, L, V) from the tokenizer's ``teacher_forcing_input`` (B, L - first_len, Cv)."""
-        B = labels_B.shape[0]
-        cond = self._cond(labels_B)
-        sos = cond.unsqueeze(1).expand(B, self.first_len, -1) + self.pos_start
-        x = torch.cat([sos, self.word_embed(x_BLCv.float())], 1) + self._lvl_pos(0, self.num_tokens)
-        return self.head(self.transformer(x, cond_BD=cond, attn_mask=self.attn_mask))
+        cond = self.class_emb(labels_B)
+        return self.head(self.transformer(self._teacher_inputs(cond, x_BLCv), cond_BD=cond, attn_mask=self.attn_mask))
 
     def training_inputs(self, tokens_BL: Tensor, labels_B: Tensor, tokenizer,
                         generator: torch.Generator | None = None) -> tuple[dict, dict]:  # fmt: skip
@@ -148,8 +138,7 @@ class NextScaleGenerator(Generator):
         return self.loss(logits_BLV, tokens_BL, self.loss_weights_L)
 
     def _scale_input(self, si: int, cond_RD: Tensor, x_BlCv: Tensor | None) -> Tensor:
-        """Input embeddings of scale ``si``: the class + ``pos_start`` for the first, else the
-        tokenizer's next-scale input; plus level and position embeddings."""
+        """Input embeddings of scale ``si``: class + ``pos_start`` (si = 0) or the tokenizer's input; + level/position."""
         start, end = self.scale_ranges[si]
         if si == 0:
             x = cond_RD.unsqueeze(1).expand(-1, self.first_len, -1) + self.pos_start

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from arvision.generators.base import Generator, GridConfig
+from arvision.generators.base import GridConfig, GridGenerator
 from arvision.generators.parts import match_rows
 from arvision.modeling import register_model
 from arvision.nn.kv_cache import KVCache
@@ -66,11 +66,11 @@ class NextTokenOrder(Order):
     name = "next-token"
 
     def plan(self, s: SamplingConfig) -> list[Step]:
-        return [Step(i, i, i, i + 1, torch.tensor([i])) for i in range(self.generator.num_tokens)]
+        return [Step(i, i, i, i + 1) for i in range(self.generator.num_tokens)]
 
 
 @register_model
-class NextTokenGenerator(Generator):
+class NextTokenGenerator(GridGenerator):
     """Class-conditional raster-order generator over a VQ token grid."""
 
     model_type = "next_token_generator"
@@ -90,10 +90,6 @@ class NextTokenGenerator(Generator):
         self.init_weights()
         if config.positions == "learned":
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
-
-    @property
-    def num_tokens(self) -> int:
-        return self.config.grid_size**2
 
     @property
     def num_steps(self) -> int:

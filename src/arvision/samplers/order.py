@@ -62,7 +62,8 @@ class Step:
         group: the decoding step it belongs to (a token, scale, ring or masked step): what the
             cfg schedule and ``cfg_interval`` count. Refinement passes of one scale share a group.
         start, end: sequence positions [start, end) this pass computes (and writes to the cache).
-        targets: token positions (T,) whose logits the pass returns, in order; None = all L.
+        targets: token positions (T,) whose logits the pass returns, in order; None = the token
+            positions [start, end) (sequence and token positions coincide).
         sub, subs: the pass's number among the passes of its group and their count.
     """
 
@@ -73,6 +74,11 @@ class Step:
     targets: Tensor | None = None
     sub: int = 0
     subs: int = 1
+
+    @property
+    def predicts(self) -> Tensor | slice:
+        """Index of the token positions the pass's logits belong to."""
+        return self.targets if self.targets is not None else slice(self.start, self.end)
 
 
 @dataclass
@@ -124,7 +130,6 @@ class Order:
 
     name: ClassVar[str]
     own_settings: ClassVar[tuple[str, ...]] = ()  # which of ORDER_SETTINGS this order reads
-    fill_id: ClassVar[int | None] = None  # id of still-open tokens (None: 0)
 
     def __init__(self, generator, tokenizer=None) -> None:
         self.generator = generator
@@ -141,6 +146,7 @@ class Order:
                                  f"order(s), so leave it unset")  # fmt: skip
 
     def plan(self, s: SamplingConfig) -> list[Step]:
+        """The forward passes for settings ``s`` (a clear error for a value the order cannot use)."""
         raise NotImplementedError
 
     def new_cache(self, rows: int) -> "KVCache | None":
@@ -149,7 +155,7 @@ class Order:
     # -- state -----------------------------------------------------------------------------------
     def start(self, batch_size: int, prior_BL: Tensor | None, known_BL: Tensor | None, device: torch.device) -> DecodeState:
         L = self.generator.num_tokens
-        fill = self.fill_id if self.fill_id is not None else 0
+        fill = getattr(self.generator, "mask_id", 0)  # open tokens: the mask id where the model has one
         if known_BL is None:
             known_BL = torch.zeros(batch_size, L, dtype=torch.bool, device=device)
         tokens = torch.full((batch_size, L), fill, dtype=torch.long, device=device)
@@ -158,8 +164,8 @@ class Order:
         return DecodeState(tokens_BL=tokens, known_BL=known_BL, open_BL=~known_BL)
 
     def update(self, state: DecodeState, step: Step, logits_BTV: Tensor, sampler: Sampler) -> None:
-        """Default: sample every target position of the step."""
-        state.fill(step.targets if step.targets is not None else slice(None), sampler.sample(logits_BTV))
+        """Default: sample every token position the step predicts."""
+        state.fill(step.predicts, sampler.sample(logits_BTV))
 
 
 # -- masked decoding: shared by the masked order and refinement inside a scale -------------------
@@ -207,3 +213,14 @@ def reveal_step(logits_BLV: Tensor, tokens_BL: Tensor, open_BL: Tensor, keep_mas
     conf = conf.masked_fill(~open_BL, float("inf"))
     still = conf.argsort(dim=1, stable=True).argsort(dim=1) < keep  # the least confident stay masked
     return torch.where(open_BL & ~still, cand, tokens_BL), still
+
+
+def reveal_pass(state: DecodeState, step: Step, logits_BTV: Tensor, sampler: Sampler) -> None:
+    """Masked pass ``step.sub`` of ``step.subs`` over the tokens [step.start, step.end): reveal the
+    confident ones on the cosine schedule of each row's open tokens (fixed at the group's first pass)."""
+    part = slice(step.start, step.end)
+    if step.sub == 0:
+        state.extra["keep"] = row_schedules(state.open_BL[:, part].sum(1), step.subs)
+    state.tokens_BL[:, part], state.open_BL[:, part] = reveal_step(
+        logits_BTV, state.tokens_BL[:, part], state.open_BL[:, part], state.extra["keep"][step.sub], (step.sub + 1) / step.subs, sampler
+    )
