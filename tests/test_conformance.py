@@ -133,3 +133,35 @@ def test_editing_keeps_the_known_tokens(order: str) -> None:
     # an all-False mask gives the tokenizer's reconstruction
     recon = pipe.edit(images, torch.zeros(4, 1, H, H, dtype=torch.bool), classes=[1, 2, 3, 4])
     torch.testing.assert_close(recon, tok.reconstruct(images * 2 - 1).add(1).div(2).clamp(0, 1))
+
+
+def test_bad_edit_inputs_are_clear_errors() -> None:
+    import numpy as np
+
+    tok, gen = build("tiny-raster")
+    pipe = Pipeline(tok, gen)
+    H = tok.config.image_size
+    x, mask = torch.rand(2, 1, H, H), torch.zeros(1, 1, H, H, dtype=torch.bool)
+    mask[..., : H // 2, :] = True
+    cases = [
+        (dict(images=x, mask=mask.float(), classes=1), TypeError, "bool tensor"),
+        (dict(images=x, mask=mask[..., :-1, :], classes=1), ValueError, "mask must have shape"),
+        (dict(images=x, mask=torch.ones(3, 1, H, H, dtype=torch.bool), classes=1), ValueError, "mask must have shape"),
+        (dict(images=torch.rand(2, 3, H, H), mask=mask, classes=1), ValueError, "1-channel"),
+        (dict(images=torch.rand(2, 1, H + 2, H + 2), mask=mask, classes=1), ValueError, "wrong image size"),
+        (dict(images=x * 255, mask=mask, classes=1), ValueError, r"in \[0, 1\]"),
+        (dict(images=x.clone().fill_(float("nan")), mask=mask, classes=1), ValueError, "NaN"),
+        (dict(images=x.byte(), mask=mask, classes=1), TypeError, "float"),
+        (dict(images=x, mask=mask, classes=10), ValueError, "unknown class id 10"),
+        (dict(images=x, mask=mask, classes=[1, 2, 3]), ValueError, "3 ids for 2 images"),
+        (dict(images=x, mask=mask, classes="12"), TypeError, "sequence of class ids"),
+        (dict(images=x, mask=mask, classes=True), TypeError, "sequence of class ids"),
+        (dict(images=x, mask=mask, classes=None), ValueError, "pass classes"),
+        (dict(images=x, mask=mask, classes=1, num_steps=3), ValueError, "next-token order always takes"),
+    ]
+    for kwargs, error, message in cases:
+        with pytest.raises(error, match=message):
+            pipe.edit(**kwargs)
+    # ids as numpy ints, tensors and one id for all work
+    for classes in (np.int64(3), torch.tensor(3), torch.tensor([3, 4]), [np.int64(3)]):
+        assert pipe.edit(x, mask, classes=classes).shape == x.shape

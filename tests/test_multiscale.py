@@ -97,3 +97,15 @@ def test_official_var_vqvae_indices_latents_reconstructions(var_fixture) -> None
     for k, ref in enumerate(fx["recon_from_idx_per_scale"]):
         torch.testing.assert_close(tok.decode_latent(tok.tokens_to_fhat(tok.split_scales(tokens)[: k + 1])), ref, atol=2e-4, rtol=0)
     torch.testing.assert_close(tok.teacher_forcing_input(tokens), fx["x_BLCv_wo_first_l"], atol=1e-6, rtol=0)
+
+
+def test_decoding_tokens_equals_decoding_the_sampled_latent_bit_for_bit() -> None:
+    """Pipelines decode every order's tokens with tokenizer.decode; for next-scale that must equal
+    decoding the f_hat accumulated while sampling (what VAR decodes)."""
+    import arvision
+    from arvision.samplers import decode
+
+    pipe = arvision.load("mnist-scale")
+    out = decode(pipe.generator, pipe.tokenizer, torch.arange(10), pipe.defaults, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(pipe.tokenizer.decode(out.tokens), pipe.tokenizer.fhat_to_images(out.state.extra["f_hat"]))

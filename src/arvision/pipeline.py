@@ -13,11 +13,13 @@ Decoding runs through the one loop (:func:`arvision.samplers.decode`) for every 
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
@@ -42,6 +44,11 @@ class GenerationOutput:
     labels: Tensor
     stats: SamplingStats
     known: Tensor | None = None
+
+
+def check_batch_size(batch_size: int) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
 
 
 class Pipeline:
@@ -86,20 +93,29 @@ class Pipeline:
         check_settings(self.generator, s)
         return s
 
+    def class_ids(self, classes: Sequence[int] | int) -> list[int]:
+        """Validated class ids from one id or a sequence of ids (ints, numpy ints or an int tensor)."""
+        if isinstance(classes, (Tensor, np.ndarray)):
+            classes = classes.tolist()
+        if isinstance(classes, numbers.Integral) and not isinstance(classes, bool):
+            classes = [classes]
+        if isinstance(classes, (str, bytes, bool)) or not isinstance(classes, Iterable):
+            raise TypeError(f"classes must be a class id or a sequence of class ids, got {classes!r}")
+        ids = list(classes)
+        if any(isinstance(c, bool) or not isinstance(c, numbers.Integral) for c in ids):
+            raise TypeError(f"class ids must be integers, got {ids!r}")
+        if not ids:
+            raise ValueError("classes is empty: pass at least one class id")
+        for c in ids:
+            if not 0 <= c < self.num_classes:
+                raise ValueError(f"unknown class id {c}: this model knows classes 0..{self.num_classes - 1}")
+        return [int(c) for c in ids]
+
     def labels_for(self, classes: Sequence[int] | int | None, n_per_class: int) -> Tensor:
         if isinstance(n_per_class, bool) or not isinstance(n_per_class, int) or n_per_class <= 0:
             raise ValueError(f"n_per_class must be a positive integer, got {n_per_class!r}")
-        if classes is None:
-            classes = list(range(self.num_classes))
-        elif isinstance(classes, int):
-            classes = [classes]
-        classes = [int(c) for c in classes]
-        if not classes:
-            raise ValueError("classes is empty: pass at least one class id")
-        for c in classes:
-            if not 0 <= c < self.num_classes:
-                raise ValueError(f"unknown class id {c}: this model knows classes 0..{self.num_classes - 1}")
-        return torch.tensor(classes, device=self.device).repeat_interleave(n_per_class)
+        ids = list(range(self.num_classes)) if classes is None else self.class_ids(classes)
+        return torch.tensor(ids, device=self.device).repeat_interleave(n_per_class)
 
     def _rng(self, seed: int | None) -> torch.Generator:
         gen = torch.Generator(device=self.device)
@@ -110,8 +126,7 @@ class Pipeline:
              prior: Tensor | None = None, known: Tensor | None = None,
              callback: Callable[[StepInfo], None] | None = None) -> GenerationOutput:  # fmt: skip
         """Decode ``labels`` in batches with one seeded generator; tokens fixed where ``known``."""
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        check_batch_size(batch_size)
         gen = self._rng(seed)
         if self.device.type == "cpu":
             keep_freed_memory()
@@ -119,6 +134,7 @@ class Pipeline:
         for b in tqdm(range(0, len(labels), batch_size), desc="generate", disable=not progress, leave=False):
             part = slice(b, b + batch_size)
             out = decode(self.generator, self.tokenizer, labels[part], s, gen, callback=callback,
+                         progress=progress and len(labels) <= batch_size,  # one batch: a bar over its steps
                          prior_BL=None if prior is None else prior[part], known_BL=None if known is None else known[part])  # fmt: skip
             if decode_images:
                 images.append(self.tokenizer.decode(out.tokens))
@@ -155,33 +171,37 @@ class Pipeline:
     # -- editing -----------------------------------------------------------------------------------
     @torch.no_grad()
     def sample_edit(self, images: Tensor | Sequence[Image.Image] | Image.Image, mask: Tensor, *,
-                    classes: Sequence[int] | int, seed: int | None = 0, batch_size: int = 64,
-                    progress: bool = False, **sampling) -> GenerationOutput:  # fmt: skip
+                    classes: Sequence[int] | int, seed: int | None = 0, batch_size: int = 64, progress: bool = False,
+                    decode: bool = True, callback: Callable[[StepInfo], None] | None = None,
+                    **sampling) -> GenerationOutput:  # fmt: skip
         """Regenerate the masked region of ``images`` (in/out-painting, class-conditional editing).
 
         Args:
             images: (B, C, H, W) float in [0, 1] at the tokenizer's size, or PIL images (resized
                 and centre-cropped to it).
-            mask: (B, 1, H, W) or (1, 1, H, W) bool, True = regenerate. A token is regenerated when
-                any pixel of its cell (on each grid / scale) is masked; every other token keeps the
+            mask: (B, 1, H, W) or (1, 1, H, W) bool, True = regenerate. The mask is taken to every
+                token grid / scale (:meth:`TokenLayout.token_mask`: on the finest grid a token is
+                regenerated when any pixel of its cell is masked); every other token keeps the
                 input's own token (teacher-forced / never masked / replaced at every scale, by order).
             classes: the class to generate, one id for all images or one per image.
-            seed, batch_size, progress, sampling options: as in :meth:`sample`.
+            seed, batch_size, progress, decode, callback, sampling options: as in :meth:`sample`.
 
         Returns the images in [0, 1] with their tokens and ``known`` (the kept tokens). An
         all-False mask returns the tokenizer's reconstruction of the input.
         """
         s = self.sampling_config(**sampling)
+        check_batch_size(batch_size)
         x = self._edit_images(images)
         B = x.shape[0]
         known = ~self.tokenizer.layout.token_mask(self._edit_mask(mask, x))
         labels = self._edit_labels(classes, B)
-        prior = self.tokenizer.encode(x.mul(2).sub(1))
+        prior = torch.cat([self.tokenizer.encode(x[b : b + batch_size].mul(2).sub(1)) for b in range(0, B, batch_size)])
         if bool(known.all()):  # nothing to regenerate: the reconstruction
-            imgs = self.tokenizer.decode(prior).add(1).div(2).clamp(0, 1)
-            self.last_stats = SamplingStats(images=B)
-            return GenerationOutput(images=imgs, tokens=prior, labels=labels, stats=self.last_stats, known=known)
-        return self._run(labels, s, seed, batch_size, progress, True, prior=prior, known=known)
+            imgs = torch.cat([self.tokenizer.decode(prior[b : b + batch_size]) for b in range(0, B, batch_size)]) if decode else None
+            self.last_stats = SamplingStats(images=B, batches=-(-B // batch_size))
+            return GenerationOutput(images=imgs.add(1).div(2).clamp(0, 1) if decode else torch.empty(0), tokens=prior,
+                                    labels=labels, stats=self.last_stats, known=known)  # fmt: skip
+        return self._run(labels, s, seed, batch_size, progress, decode, prior=prior, known=known, callback=callback)
 
     def edit(self, images: Tensor | Sequence[Image.Image] | Image.Image, mask: Tensor, **kwargs) -> Tensor:
         """Edited images (B, C, H, W) in [0, 1]; same arguments as :meth:`sample_edit`."""
@@ -205,6 +225,8 @@ class Pipeline:
         if tuple(images.shape[-2:]) != (c.image_size, c.image_size):
             raise ValueError(f"wrong image size {tuple(images.shape[-2:])}: this model works at {c.image_size}x{c.image_size}; "
                              "resize first, or pass PIL images (resized and centre-cropped for you)")  # fmt: skip
+        if not torch.isfinite(images).all():
+            raise ValueError("images contain NaN or infinite values")
         if images.min() < -1e-3 or images.max() > 1 + 1e-3:
             raise ValueError(f"images must be in [0, 1], got values in [{images.min().item():.3g}, {images.max().item():.3g}]")
         return images.to(self.device).clamp(0, 1)
@@ -222,13 +244,10 @@ class Pipeline:
     def _edit_labels(self, classes, B: int) -> Tensor:
         if classes is None:
             raise ValueError("pass classes=...: the class to generate, one id for all images or one per image")
-        ids = [int(classes)] * B if isinstance(classes, int) else [int(c) for c in classes]
-        if len(ids) != B:
+        ids = self.class_ids(classes)
+        if len(ids) not in (1, B):
             raise ValueError(f"classes has {len(ids)} ids for {B} images: pass one id, or one per image")
-        for c in ids:
-            if not 0 <= c < self.num_classes:
-                raise ValueError(f"unknown class id {c}: this model knows classes 0..{self.num_classes - 1}")
-        return torch.tensor(ids, device=self.device)
+        return torch.tensor(ids * B if len(ids) == 1 else ids, device=self.device)
 
     # -- files -----------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike, *, info: dict | None = None) -> Path:

@@ -49,11 +49,20 @@ class TokenLayout:
         return f"a sequence of {self.length} tokens"
 
     def token_mask(self, mask_B1HW: Tensor) -> Tensor:
-        """(B, L) bool: the tokens a pixel mask touches (a token is touched when any pixel of its
-        cell is True; cells of the coarser scales cover larger areas)."""
+        """(B, L) bool: the tokens to regenerate for a pixel mask (True = regenerate).
+
+        On a grid (and the finest scale) a token is regenerated when any pixel of its cell is
+        masked, so every masked pixel is regenerated. On the coarser scales of a pyramid, whose
+        cells are large, a token is regenerated when more than half of its cell is masked:
+        regenerating every coarse cell the mask touches would redraw the coarse structure of the
+        kept region too (the finer scales are residuals on top of it), and the kept pixels would
+        drift far from the input.
+        """
         m = mask_B1HW.float()
         if self.kind == "grid":
             return F.adaptive_max_pool2d(m, self.grid).flatten(1) > 0
         if self.kind == "scales":
-            return torch.cat([F.adaptive_max_pool2d(m, p).flatten(1) for p in self.scales], 1) > 0
+            *coarse, last = self.scales
+            parts = [F.adaptive_avg_pool2d(m, p).flatten(1) > 0.5 for p in coarse]
+            return torch.cat([*parts, F.adaptive_max_pool2d(m, last).flatten(1) > 0], 1)
         raise ValueError("a 1-D token sequence has no spatial layout: region editing needs a grid or scales")

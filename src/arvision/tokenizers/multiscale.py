@@ -119,7 +119,8 @@ class MultiScaleVQTokenizer(Tokenizer):
         """Ids (B, L) or per-scale list -> images (B, C, H, W) in [-1, 1]."""
         if isinstance(tokens, Tensor):
             self.check_tokens(tokens)
-        return self.decode_latent(self.tokens_to_fhat(tokens))
+        # contiguous: the same memory layout as the f_hat of sampling, so both decode bit-identically
+        return self.decode_latent(self.tokens_to_fhat(tokens).contiguous())
 
     def fhat_to_images(self, f_hat: Tensor) -> Tensor:
         """Decode an accumulated latent (e.g. at the end of next-scale sampling)."""
