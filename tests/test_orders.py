@@ -190,3 +190,22 @@ def test_cli_bad_steps_fail_before_any_work(tmp_path, capsys) -> None:
     assert "num_steps must be a positive" in capsys.readouterr().err
     assert main(["generate", "mnist-masked", "--classes", "3", "-n", "2", "--steps", "2", "-o", str(tmp_path / "x.png")]) == 0
     assert "2.00 forward passes/image" in capsys.readouterr().out
+
+
+def test_a_known_raster_prefix_is_teacher_forced_in_one_pass(monkeypatch) -> None:
+    """Editing with the top rows kept: the known prefix is one forward pass, and (greedy) the result
+    equals decoding it token by token."""
+    from arvision.generators.next_token import NextTokenOrder
+
+    tok, gen = build("tiny-raster")
+    prior = tok.encode(torch.rand(2, 1, 16, 16) * 2 - 1)
+    known = torch.zeros_like(prior, dtype=torch.bool)
+    known[:, :20] = True
+    known[0, 30] = True  # not a prefix in every row: decoded token by token
+    s = SamplingConfig(cfg=2.0, top_k=1)
+    fast = decode(gen, tok, torch.tensor([1, 2]), s, prior_BL=prior, known_BL=known)
+    assert fast.stats.forward_passes == gen.num_tokens - 20
+    monkeypatch.setattr(NextTokenOrder, "skip_known", lambda self, plan, known_BL: plan)
+    slow = decode(gen, tok, torch.tensor([1, 2]), s, prior_BL=prior, known_BL=known)
+    assert slow.stats.forward_passes == gen.num_tokens and torch.equal(fast.tokens, slow.tokens)
+    assert torch.equal(fast.tokens[known], prior[known])

@@ -10,6 +10,7 @@ Legend: B batch, L tokens (grid side n, L = n*n), T positions in one call, C wid
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -67,6 +68,11 @@ class NextTokenOrder(Order):
 
     def plan(self, s: SamplingConfig) -> list[Step]:
         return [Step(i, i, i, i + 1) for i in range(self.generator.num_tokens)]
+
+    def skip_known(self, plan: list[Step], known_BL: Tensor) -> list[Step]:
+        """A prefix known in every row is teacher-forced in one pass (positions 0..p, token p sampled)."""
+        p = min(int(known_BL.all(0).long().cumprod(0).sum()), len(plan) - 1)
+        return plan if p == 0 else [Step(0, p, 0, p + 1)] + [dataclasses.replace(st, index=st.index - p) for st in plan[p + 1 :]]
 
 
 @register_model

@@ -91,7 +91,7 @@ def decode(generator: Decoder, tokenizer, labels_B: Tensor, s: SamplingConfig, r
     t0 = time.perf_counter()
     order = generator.order_class(generator, tokenizer)
     order.check(s)
-    plan = order.plan(s)
+    plan = order.plan(s) if known_BL is None else order.skip_known(order.plan(s), known_BL)
     B, device = labels_B.shape[0], labels_B.device
     cond_RD = generator.class_emb.encode(labels_B, with_null=s.guided())
     state = order.start(B, prior_BL, known_BL, device)

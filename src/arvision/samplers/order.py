@@ -149,6 +149,11 @@ class Order:
         """The forward passes for settings ``s`` (a clear error for a value the order cannot use)."""
         raise NotImplementedError
 
+    def skip_known(self, plan: list[Step], known_BL: Tensor) -> list[Step]:
+        """The plan for a run where ``known_BL`` is fixed (editing); orders that can compute known
+        tokens together (a known raster prefix) merge their passes here. Default: unchanged."""
+        return plan
+
     def new_cache(self, rows: int) -> "KVCache | None":
         return self.generator.new_cache(rows)
 
