@@ -16,8 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from arvision.nn.linear import Linear
 from torch import nn
+
+from arvision.nn.linear import Linear
+from arvision.samplers.config import SamplingConfig
+from arvision.samplers.logits import apply_guidance, sample_categorical
 
 
 class ClassCondition(nn.Embedding):
@@ -56,7 +59,17 @@ class ClassCondition(nn.Embedding):
 
 
 class CategoricalHead(Linear):
-    """Backbone output (B, T, C) -> logits (B, T, V) over the codebook; cross-entropy loss."""
+    """Backbone output (B, T, C) -> logits (B, T, V) over the codebook; cross-entropy loss;
+    guidance and sampling on the logits (the loop calls :meth:`guide` and, through the
+    :class:`~arvision.samplers.order.Sampler`, :meth:`sample`)."""
+
+    def guide(self, cond_BTV: Tensor, uncond_BTV: Tensor, weight: float, schedule: str) -> Tensor:
+        """Classifier-free guidance of the logits (each anchor's arithmetic, see ``apply_guidance``)."""
+        return apply_guidance(cond_BTV, uncond_BTV, weight, schedule)
+
+    def sample(self, logits_BTV: Tensor, s: SamplingConfig, rng: torch.Generator | None) -> Tensor:
+        """Token ids (B, T): temperature, top-k, top-p, one multinomial draw per position."""
+        return sample_categorical(logits_BTV, s, rng)
 
     def loss(self, logits_BTV: Tensor, tokens_BT: Tensor, weights_T: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Cross-entropy (per-token, optionally weighted over positions) and token accuracy."""

@@ -57,3 +57,9 @@ def sample_logits(logits_NV: Tensor, *, temperature: float = 1.0, top_k: int = 0
     logits_NV = filter_top_p(filter_top_k(logits_NV, top_k), top_p)
     probs = logits_NV.float().softmax(-1)
     return torch.multinomial(probs, 1, replacement=True, generator=generator).squeeze(-1)
+
+
+def sample_categorical(logits_BTV: Tensor, s, rng: torch.Generator | None = None) -> Tensor:
+    """Token ids (B, T) from logits (B, T, V) with the settings ``s`` (a SamplingConfig)."""
+    B, T, V = logits_BTV.shape
+    return sample_logits(logits_BTV.reshape(-1, V), temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, generator=rng).view(B, T)

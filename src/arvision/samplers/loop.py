@@ -20,7 +20,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from arvision.samplers.config import SamplingConfig
-from arvision.samplers.logits import apply_guidance, guidance_weight
+from arvision.samplers.logits import guidance_weight
 from arvision.samplers.order import DecodeState, Decoder, Sampler, Step
 
 
@@ -96,7 +96,7 @@ def decode(generator: Decoder, tokenizer, labels_B: Tensor, s: SamplingConfig, r
     cond_RD = generator.class_emb.encode(labels_B, with_null=s.guided())
     state = order.start(B, prior_BL, known_BL, device)
     cache = order.new_cache(cond_RD.shape[0])
-    sampler = Sampler(s, rng)
+    sampler = Sampler(s, rng, generator.head)
     num_groups = plan[-1].group + 1
     for step in tqdm(plan, desc=f"decode {order.name}", disable=not progress, leave=False):
         logits = generator.step(state, step, cond_RD, cache)
@@ -104,7 +104,7 @@ def decode(generator: Decoder, tokenizer, labels_B: Tensor, s: SamplingConfig, r
         if logits.shape[0] != B:  # [conditional; null] rows
             if s.guides_step(step.group):
                 weight = guidance_weight(s.cfg, s.cfg_schedule, step.group, num_groups)
-                logits = apply_guidance(logits[:B], logits[B:], weight, s.cfg_schedule)
+                logits = generator.head.guide(logits[:B], logits[B:], weight, s.cfg_schedule)
             else:
                 logits = logits[:B]
         if callback is not None:

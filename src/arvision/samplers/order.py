@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from arvision.samplers.config import ORDER_SETTINGS, SamplingConfig
-from arvision.samplers.logits import sample_logits
+from arvision.samplers.logits import sample_categorical
 
 if TYPE_CHECKING:
     from arvision.nn.kv_cache import KVCache
@@ -36,10 +36,11 @@ ORDERS: dict[str, type["Order"]] = {}
 
 class Decoder(Protocol):
     """What the loop needs of a generator (``arvision.generators.Generator`` is one): its order, its
-    condition part (``class_emb.encode``), token count and the one step contract."""
+    condition part (``class_emb.encode``), its head, token count and the one step contract."""
 
     order_class: type["Order"]
     class_emb: torch.nn.Module
+    head: Head
     num_tokens: int
 
     def new_cache(self, rows: int) -> "KVCache | None": ...
@@ -100,18 +101,26 @@ class DecodeState:
         self.open_BL[:, index] = False
 
 
+class Head(Protocol):
+    """What the loop needs of a head (``CategoricalHead`` is one): guidance and sampling."""
+
+    def guide(self, cond: Tensor, uncond: Tensor, weight: float, schedule: str) -> Tensor: ...
+
+    def sample(self, out_BT: Tensor, s: SamplingConfig, rng: torch.Generator | None) -> Tensor: ...
+
+
 @dataclass
 class Sampler:
-    """Settings + random-number generator: turns logits into token ids (the head's sampling)."""
+    """Settings + random-number generator + the head that turns a step's outputs into token ids."""
 
     settings: SamplingConfig
     rng: torch.Generator | None = None
+    head: Head | None = None  # None: categorical sampling of logits
 
     def sample(self, logits_BTV: Tensor) -> Tensor:
-        s = self.settings
-        B, T, V = logits_BTV.shape
-        ids = sample_logits(logits_BTV.reshape(-1, V), temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, generator=self.rng)
-        return ids.view(B, T)
+        if self.head is not None:
+            return self.head.sample(logits_BTV, self.settings, self.rng)
+        return sample_categorical(logits_BTV, self.settings, self.rng)
 
 
 def check_num_steps(steps: int, num_tokens: int, what: str) -> None:
