@@ -78,6 +78,7 @@ class Generator(PretrainedModel):
     config: GeneratorConfig
     order_class: type[Order]  # the decoding order (plan + state updates), defined beside the generator
     layout_kind = "grid"  # the token layout it generates (see arvision.tokenizers.layout)
+    layout_map = {"grid_size": "side"}  # config field -> the TokenLayout attribute it is derived from
 
     def __init__(self, config: GeneratorConfig) -> None:
         super().__init__(config)
@@ -103,11 +104,7 @@ class Generator(PretrainedModel):
             need = {"grid": "a VQ grid tokenizer (e.g. mnist-vq)", "scales": "a multi-scale tokenizer (e.g. mnist-msvq)"}
             raise ValueError(f"the {cls.order_class.name} order needs {need.get(cls.layout_kind, cls.layout_kind)}, "
                              f"but this tokenizer has {layout.describe()}")  # fmt: skip
-        return {"vocab_size": layout.vocab_size, **cls._layout_fields(layout)}
-
-    @classmethod
-    def _layout_fields(cls, layout: TokenLayout) -> dict:
-        return {"grid_size": layout.grid[0]}
+        return {"vocab_size": layout.vocab_size, **{k: getattr(layout, a) for k, a in cls.layout_map.items()}}
 
     @classmethod
     def config_for(cls, layout: TokenLayout, **fields) -> GeneratorConfig:
@@ -141,8 +138,8 @@ class Generator(PretrainedModel):
 
     @property
     def num_steps(self) -> int:
-        """Forward passes of plain (unguided, non-speculative) sampling."""
-        raise NotImplementedError
+        """Forward passes of sampling at the model's default settings (its order's plan)."""
+        return len(self.order_class(self).plan(self.config.sampling))
 
     def new_cache(self, batch_size: int) -> KVCache | None:
         return self.transformer.new_cache(batch_size, self.num_tokens + 1)

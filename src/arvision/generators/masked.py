@@ -15,7 +15,6 @@ Legend: B batch, L tokens (grid side n, L = n*n), C width, V vocabulary (mask id
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -29,9 +28,7 @@ from arvision.samplers.config import SamplingConfig
 from arvision.samplers.order import DecodeState, Order, Sampler, Step, check_num_steps, register_order, reveal_pass
 
 
-@dataclass(frozen=True, kw_only=True)
-class MaskedConfig(GridConfig):
-    """Config of :class:`MaskedGenerator` (grid size and RoPE base, see :class:`GridConfig`)."""
+MaskedConfig = GridConfig  # grid size and RoPE base: masked decoding has no settings of its own
 
 
 def cosine_mask_ratio(u: Tensor) -> Tensor:
@@ -78,10 +75,6 @@ class MaskedGenerator(GridGenerator):
     @property
     def mask_id(self) -> int:
         return self.config.vocab_size
-
-    @property
-    def num_steps(self) -> int:
-        return self.default_steps
 
     def new_cache(self, batch_size: int) -> None:
         return None  # every pass recomputes the whole grid bidirectionally

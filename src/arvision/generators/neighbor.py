@@ -90,10 +90,6 @@ class NeighborGenerator(GridGenerator):
         self.ring_ranges: list[tuple[int, int]] = list(zip(bounds[:-1], bounds[1:]))
         self.init_weights()
 
-    @property
-    def num_steps(self) -> int:
-        return 2 * self.config.grid_size - 1
-
     def _embed(self, cond_BC: Tensor, tokens_BL: Tensor, start: int, end: int) -> Tensor:
         """Input embeddings of sequence positions [start, end) from raster tokens (unknown ones unused)."""
         parts = []

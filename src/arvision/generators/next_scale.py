@@ -25,7 +25,6 @@ from arvision.nn.linear import Linear
 from arvision.nn.transformer import group_causal_mask
 from arvision.samplers.config import SamplingConfig
 from arvision.samplers.order import DecodeState, Order, Sampler, Step, register_order
-from arvision.tokenizers.layout import TokenLayout
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -76,10 +75,7 @@ class NextScaleGenerator(Generator):
     config: NextScaleConfig
     order_class = NextScaleOrder
     layout_kind = "scales"
-
-    @classmethod
-    def _layout_fields(cls, layout: TokenLayout) -> dict:
-        return {"patch_nums": layout.scales, "code_dim": layout.code_dim}
+    layout_map = {"patch_nums": "scales", "code_dim": "code_dim"}
 
     def __init__(self, config: NextScaleConfig) -> None:
         super().__init__(config)
@@ -102,10 +98,6 @@ class NextScaleGenerator(Generator):
     @property
     def num_tokens(self) -> int:
         return sum(p * p for p in self.config.patch_nums)
-
-    @property
-    def num_steps(self) -> int:
-        return len(self.config.patch_nums)
 
     @property
     def scale_ranges(self) -> list[tuple[int, int]]:

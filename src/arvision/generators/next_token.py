@@ -97,10 +97,6 @@ class NextTokenGenerator(GridGenerator):
         if config.positions == "learned":
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
 
-    @property
-    def num_steps(self) -> int:
-        return self.num_tokens
-
     def _embed(self, cond_BC: Tensor, tokens_BT: Tensor | None, start: int) -> Tensor:
         """Input embeddings of sequence positions [start, start + T); position 0 is the class token."""
         parts = []

@@ -34,6 +34,11 @@ class TokenLayout:
             raise ValueError(f"token layout kind must be one of {KINDS}, got {self.kind!r}")
 
     @property
+    def side(self) -> int:
+        """Side of a square grid."""
+        return self.grid[0]
+
+    @property
     def num_tokens(self) -> int:
         if self.kind == "grid":
             return self.grid[0] * self.grid[1]
