@@ -131,3 +131,18 @@ def test_generate_bad_arguments(tmp_path, capsys, tiny_pipeline_dir, argv, messa
 def test_generate_refuses_a_tokenizer(tmp_path, capsys) -> None:
     code, _, err = run(capsys, "generate", "mnist-vq", "-o", str(tmp_path / "x.png"))
     assert code == 2 and "not a generator" in err
+
+
+def test_output_piped_into_a_reader_that_stops_is_no_traceback(monkeypatch) -> None:
+    """`arvision info mnist-masked | head -3` printed a BrokenPipeError traceback."""
+    import io
+    import sys
+
+    from arvision.cli import main
+
+    class ClosedPipe(io.StringIO):
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    assert main(["info", "mnist-masked"]) == 0

@@ -131,10 +131,11 @@ class Pipeline:
         if self.device.type == "cpu":
             keep_freed_memory()
         stats, tokens, images = SamplingStats(), [], []
-        for b in tqdm(range(0, len(labels), batch_size), desc="generate", disable=not progress, leave=False):
+        batches = range(0, len(labels), batch_size)  # progress: a bar over the batches, or over the steps of one batch
+        for b in tqdm(batches, desc="generate", disable=not progress or len(batches) == 1, leave=False):
             part = slice(b, b + batch_size)
             out = decode(self.generator, self.tokenizer, labels[part], s, gen, callback=callback,
-                         progress=progress and len(labels) <= batch_size,  # one batch: a bar over its steps
+                         progress=progress and len(batches) == 1,
                          prior_BL=None if prior is None else prior[part], known_BL=None if known is None else known[part])  # fmt: skip
             if decode_images:
                 images.append(self.tokenizer.decode(out.tokens))

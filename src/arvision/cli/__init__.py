@@ -39,6 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the output was piped into a reader that stopped (`arvision info X | head`)
+        try:  # no second error when Python flushes stdout at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (AttributeError, OSError, ValueError):
+            pass
+        return 0
     except (ArvisionError, ValueError, TypeError, FileNotFoundError, FloatingPointError) as e:
         if os.environ.get("ARVISION_DEBUG"):
             raise
