@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from arvision.config import Config
 
 CFG_SCHEDULES = ("constant", "linear")
+DECODINGS = ("plain", "sjd", "speculative", "lantern")  # plain, or speculative with a Jacobi / draft-model proposer
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -31,6 +32,13 @@ class SamplingConfig(Config):
     for the whole grid; Markovian next-scale with refinement: steps per scale); None = the
     model's default. ``choice_temperature`` scales the annealed Gumbel noise added to the
     confidences that decide which tokens a masked step keeps (MaskGIT: 4.5).
+
+    Fast decoding (issue 13): ``decoding`` "plain", "sjd" (speculative Jacobi decoding: the model
+    drafts ``window`` tokens for itself), "speculative" (a small draft model drafts them) or
+    "lantern" (speculative with LANTERN's relaxed acceptance: a token's probability pooled over its
+    ``lantern_k`` nearest codes in the tokenizer's latent space, within total-variation
+    ``lantern_delta``). Next-scale orders: ``draft_scales`` = K (CoDe: the first K scales by the
+    model, the rest by a small refiner) and ``depth_schedule`` (VARiant: blocks used per scale).
     """
 
     cfg: float = 1.0
@@ -41,6 +49,12 @@ class SamplingConfig(Config):
     top_p: float = 0.0
     num_steps: int | None = None
     choice_temperature: float = 4.5
+    decoding: str = "plain"
+    window: int = 8
+    lantern_k: int = 8
+    lantern_delta: float = 0.1
+    draft_scales: int | None = None
+    depth_schedule: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.cfg_schedule not in CFG_SCHEDULES:
@@ -59,6 +73,18 @@ class SamplingConfig(Config):
             raise ValueError(f"num_steps must be a positive number of decoding steps (None = the model's default), got {self.num_steps}")
         if not self.choice_temperature >= 0:
             raise ValueError(f"choice_temperature must be >= 0, got {self.choice_temperature}")
+        if self.decoding not in DECODINGS:
+            raise ValueError(f"decoding must be one of {DECODINGS}, got {self.decoding!r}")
+        if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 1:
+            raise ValueError(f"window (draft tokens per verification) must be an integer >= 1, got {self.window!r}")
+        if isinstance(self.lantern_k, bool) or not isinstance(self.lantern_k, int) or self.lantern_k < 1:
+            raise ValueError(f"lantern_k (latent neighbours pooled per token) must be an integer >= 1, got {self.lantern_k!r}")
+        if not 0 <= self.lantern_delta <= 1:
+            raise ValueError(f"lantern_delta (total-variation budget) must be in [0, 1], got {self.lantern_delta}")
+        if self.draft_scales is not None and (isinstance(self.draft_scales, bool) or self.draft_scales < 1):
+            raise ValueError(f"draft_scales must be a positive number of scales (None = off), got {self.draft_scales}")
+        if self.depth_schedule is not None and (not self.depth_schedule or any(d < 1 for d in self.depth_schedule)):
+            raise ValueError(f"depth_schedule must be positive block counts per scale (None = full depth), got {self.depth_schedule}")
 
     def guided(self) -> bool:
         return self.cfg != (1.0 if self.cfg_schedule == "constant" else 0.0)
@@ -68,4 +94,6 @@ class SamplingConfig(Config):
         return self.guided() and (self.cfg_interval < 0 or step <= self.cfg_interval + 1)
 
 
-ORDER_SETTINGS = ("num_steps", "choice_temperature")  # settings only some orders read
+# settings only some orders read (each order lists its own in Order.own_settings)
+ORDER_SETTINGS = ("num_steps", "choice_temperature", "decoding", "window", "lantern_k", "lantern_delta", "draft_scales",
+                  "depth_schedule")  # fmt: skip

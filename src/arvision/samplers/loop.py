@@ -72,6 +72,17 @@ class DecodeOutput:
     stats: SamplingStats
 
 
+def guide(head, out_RTV: Tensor, B: int, s: SamplingConfig, group: int, num_groups: int) -> tuple[Tensor, float | None]:
+    """The (B, T, V) outputs of decoding step ``group`` of ``num_groups``: guided by the null rows
+    (R = 2B) when ``s`` guides this step, else the conditional rows; and the guidance weight used."""
+    if out_RTV.shape[0] == B:
+        return out_RTV, None
+    if not s.guides_step(group):
+        return out_RTV[:B], None
+    weight = guidance_weight(s.cfg, s.cfg_schedule, group, num_groups)
+    return head.guide(out_RTV[:B], out_RTV[B:], weight, s.cfg_schedule), weight
+
+
 def check_settings(generator: Decoder, s: SamplingConfig) -> list[Step]:
     """The plan of ``generator``'s order for ``s``: a clear error for any setting it cannot use."""
     order = generator.order_class(generator)
@@ -99,14 +110,7 @@ def decode(generator: Decoder, tokenizer, labels_B: Tensor, s: SamplingConfig, r
     sampler = Sampler(s, rng, generator.head)
     num_groups = plan[-1].group + 1
     for step in tqdm(plan, desc=f"decode {order.name}", disable=not progress, leave=False):
-        logits = generator.step(state, step, cond_RD, cache)
-        weight = None
-        if logits.shape[0] != B:  # [conditional; null] rows
-            if s.guides_step(step.group):
-                weight = guidance_weight(s.cfg, s.cfg_schedule, step.group, num_groups)
-                logits = generator.head.guide(logits[:B], logits[B:], weight, s.cfg_schedule)
-            else:
-                logits = logits[:B]
+        logits, weight = guide(generator.head, generator.step(state, step, cond_RD, cache), B, s, step.group, num_groups)
         if callback is not None:
             callback(StepInfo(step, logits, state, weight))
         order.update(state, step, logits, sampler)

@@ -149,10 +149,10 @@ class Order:
         """A clear error for a setting this order cannot use (before any work is done)."""
         for name in ORDER_SETTINGS:
             if name not in self.own_settings and getattr(s, name) != SamplingConfig.__dataclass_fields__[name].default:
-                users = " and ".join(sorted(o.name for o in ORDERS.values() if name in o.own_settings)) or "no"
+                users = " and ".join(sorted(o.name for o in ORDERS.values() if name in o.own_settings))
                 what = f"always takes {self.generator.num_steps} steps" if name == "num_steps" else f"does not use {name}"
-                raise ValueError(f"{name}={getattr(s, name)!r}: the {self.name} order {what}; {name} applies to the {users} "
-                                 f"order(s), so leave it unset")  # fmt: skip
+                where = f"{name} applies to the {users} order(s)" if users else f"no order supports {name} yet"
+                raise ValueError(f"{name}={getattr(s, name)!r}: the {self.name} order {what}; {where}, so leave it unset")
 
     def plan(self, s: SamplingConfig) -> list[Step]:
         """The forward passes for settings ``s`` (a clear error for a value the order cannot use)."""
