@@ -13,6 +13,7 @@ Decoding runs through the one loop (:func:`arvision.samplers.decode`) for every 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import numbers
 import os
 from dataclasses import dataclass
@@ -28,7 +29,9 @@ from tqdm.auto import tqdm
 from arvision.errors import ModelFileError
 from arvision.generators import Generator
 from arvision.runtime import keep_freed_memory
+from arvision.modeling import resolve
 from arvision.samplers import SamplingConfig, SamplingStats, StepInfo, check_settings, decode
+from arvision.samplers.speculative import speculative_decode
 from arvision.tokenizers import Tokenizer
 
 TOKENIZER_DIR = "tokenizer"
@@ -117,16 +120,29 @@ class Pipeline:
         ids = list(range(self.num_classes)) if classes is None else self.class_ids(classes)
         return torch.tensor(ids, device=self.device).repeat_interleave(n_per_class)
 
+    def _generator(self, model, what: str) -> Generator | None:
+        """A generator from a Pipeline, a Generator, a model directory or a shipped name (None stays None)."""
+        if model is None or isinstance(model, Generator):
+            return model
+        if isinstance(model, Pipeline):
+            return model.generator
+        if isinstance(model, (str, os.PathLike)):
+            return Pipeline.from_pretrained(resolve(model), device=self.device).generator
+        raise TypeError(f"{what} must be a pipeline, a generator, a model directory or a shipped name, got {type(model).__name__}")
+
     def _rng(self, seed: int | None) -> torch.Generator:
         gen = torch.Generator(device=self.device)
         gen.manual_seed(seed) if seed is not None else gen.seed()
         return gen
 
     def _run(self, labels: Tensor, s: SamplingConfig, seed: int | None, batch_size: int, progress: bool, decode_images: bool,
-             prior: Tensor | None = None, known: Tensor | None = None,
-             callback: Callable[[StepInfo], None] | None = None) -> GenerationOutput:  # fmt: skip
+             prior: Tensor | None = None, known: Tensor | None = None, callback: Callable[[StepInfo], None] | None = None,
+             draft: "Pipeline | Generator | str | os.PathLike | None" = None) -> GenerationOutput:  # fmt: skip
         """Decode ``labels`` in batches with one seeded generator; tokens fixed where ``known``."""
         check_batch_size(batch_size)
+        draft = self._generator(draft, "draft")
+        if draft is not None and s.decoding == "plain":
+            raise ValueError("draft= is used by speculative decoding: pass decoding='speculative' (or 'lantern')")
         gen = self._rng(seed)
         if self.device.type == "cpu":
             keep_freed_memory()
@@ -134,9 +150,10 @@ class Pipeline:
         batches = range(0, len(labels), batch_size)  # progress: a bar over the batches, or over the steps of one batch
         for b in tqdm(batches, desc="generate", disable=not progress or len(batches) == 1, leave=False):
             part = slice(b, b + batch_size)
-            out = decode(self.generator, self.tokenizer, labels[part], s, gen, callback=callback,
-                         progress=progress and len(batches) == 1,
-                         prior_BL=None if prior is None else prior[part], known_BL=None if known is None else known[part])  # fmt: skip
+            run = decode if s.decoding == "plain" else functools.partial(speculative_decode, draft=draft)
+            out = run(self.generator, self.tokenizer, labels[part], s, gen, callback=callback,
+                      progress=progress and len(batches) == 1,
+                      prior_BL=None if prior is None else prior[part], known_BL=None if known is None else known[part])  # fmt: skip
             if decode_images:
                 images.append(self.tokenizer.decode(out.tokens))
             tokens.append(out.tokens)
@@ -148,7 +165,7 @@ class Pipeline:
     @torch.no_grad()
     def sample(self, classes: Sequence[int] | int | None = None, n_per_class: int = 1, *, seed: int | None = 0,
                batch_size: int = 64, progress: bool = False, decode: bool = True,
-               callback: Callable[[StepInfo], None] | None = None, **sampling) -> GenerationOutput:  # fmt: skip
+               callback: Callable[[StepInfo], None] | None = None, draft=None, **sampling) -> GenerationOutput:  # fmt: skip
         """Generate ``n_per_class`` samples of every class in ``classes`` (all of ``classes[0]`` first).
 
         Sampling options (``cfg``, ``cfg_schedule``, ``cfg_interval``, ``temperature``, ``top_k``,
@@ -156,10 +173,17 @@ class Pipeline:
         one the order cannot use is an error. ``seed`` seeds one ``torch.Generator`` used for the
         whole call (None = nondeterministic). ``callback(info)`` sees every decoding step's logits
         and state (:class:`~arvision.samplers.StepInfo`).
+
+        Fast decoding of the next-token order: ``decoding="sjd"`` (the model drafts ``window``
+        tokens for itself), ``"speculative"`` (``draft=`` a small model with the same tokenizer:
+        a pipeline, generator, directory or shipped name such as "mnist-raster-draft") or
+        ``"lantern"`` (relaxed acceptance, ``lantern_k`` neighbours, ``lantern_delta``); see
+        :mod:`arvision.samplers.speculative`. ``stats.draft_passes`` and
+        ``stats.mean_accepted_length`` report what it bought.
         """
         s = self.sampling_config(**sampling)
         labels = self.labels_for(classes, n_per_class)
-        return self._run(labels, s, seed, batch_size, progress, decode, callback=callback)
+        return self._run(labels, s, seed, batch_size, progress, decode, callback=callback, draft=draft)
 
     def generate(self, classes: Sequence[int] | int | None = None, n_per_class: int = 1, **kwargs) -> Tensor:
         """Images (N, C, H, W) in [0, 1]; same arguments as :meth:`sample`. Stats in ``last_stats``."""

@@ -188,6 +188,11 @@ GENERATOR_PRESETS: dict[str, GeneratorPreset] = {
         NextTokenGenerator, llamagen_backbone(6, 128, 4), "mnist-vq",
         GeneratorTrainConfig(steps=2500, batch_size=64, lr=2e-3), SamplingConfig(cfg=2.0, top_k=0),
     ),  # fmt: skip
+    "mnist-raster-draft": GeneratorPreset(
+        "MNIST draft model for speculative decoding of mnist-raster: raster next-token, depth 2, on mnist-vq",
+        NextTokenGenerator, llamagen_backbone(2, 128, 4), "mnist-vq",
+        GeneratorTrainConfig(steps=2500, batch_size=64, lr=2e-3), SamplingConfig(cfg=2.0),
+    ),  # fmt: skip
     "mnist-scale": GeneratorPreset(
         "MNIST class-conditional next-scale generator (VAR-style) on mnist-msvq, scales 1-7",
         NextScaleGenerator, var_backbone(6, 128, 4), "mnist-msvq",

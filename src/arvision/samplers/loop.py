@@ -34,6 +34,14 @@ class SamplingStats:
     images: int = 0
     batches: int = 0
     seconds: float = 0.0
+    draft_passes: int = 0  # forward passes of a draft model (speculative decoding)
+    passes_until_done: int = 0  # summed over images: target passes until each image was complete
+
+    @property
+    def mean_passes_per_image(self) -> float:
+        """Target passes an image needed until it was complete (in a batch, speculative decoding
+        finishes rows at different passes; the batch itself runs until its slowest row is done)."""
+        return self.passes_until_done / max(self.images, 1)
 
     def __iadd__(self, other: "SamplingStats") -> "SamplingStats":
         for k, v in asdict(other).items():
@@ -48,6 +56,11 @@ class SamplingStats:
     @property
     def seconds_per_image(self) -> float:
         return self.seconds / max(self.images, 1)
+
+    @property
+    def mean_accepted_length(self) -> float:
+        """Tokens per sequential target forward pass (1 for raster decoding; more with speculative decoding)."""
+        return self.tokens / max(self.images, 1) / max(self.forward_passes_per_image, 1)
 
 
 @dataclass
@@ -100,6 +113,9 @@ def decode(generator: Decoder, tokenizer, labels_B: Tensor, s: SamplingConfig, r
     generated. ``callback(info)`` runs after each forward pass, before the state update.
     """
     t0 = time.perf_counter()
+    if s.decoding != "plain":
+        raise ValueError(f"decoding={s.decoding!r} runs in arvision.samplers.speculative.speculative_decode "
+                         "(Pipeline.sample routes it there); decode() is the plain loop")  # fmt: skip
     order = generator.order_class(generator, tokenizer)
     order.check(s)
     plan = order.plan(s) if known_BL is None else order.skip_known(order.plan(s), known_BL)
@@ -115,7 +131,8 @@ def decode(generator: Decoder, tokenizer, labels_B: Tensor, s: SamplingConfig, r
             callback(StepInfo(step, logits, state, weight))
         order.update(state, step, logits, sampler)
     L = state.tokens_BL.shape[1]
-    stats = SamplingStats(forward_passes=len(plan), tokens=B * L, images=B, batches=1, seconds=time.perf_counter() - t0)
+    stats = SamplingStats(forward_passes=len(plan), tokens=B * L, images=B, batches=1, seconds=time.perf_counter() - t0,
+                          passes_until_done=len(plan) * B)  # fmt: skip
     return DecodeOutput(tokens=state.tokens_BL, state=state, stats=stats)
 
 
