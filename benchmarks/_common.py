@@ -20,6 +20,15 @@ def timed(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
+def mnist_fid(extractor, reference, images_01: torch.Tensor) -> float:
+    """MNIST-FID of images in [0, 1] against a loaded reference (features of the shipped classifier)."""
+    from arvision.metrics.features import to_uint8
+    from arvision.metrics.generative import FeatureStats, frechet_distance
+
+    feats, _ = extractor.extract(to_uint8(images_01), 500)
+    return frechet_distance(FeatureStats.of(feats), reference.stats)
+
+
 def official_size_pipeline(name: str):
     """A Pipeline of the official-size generator preset ``name`` (e.g. "var-d16", "gpt-b") with its
     tokenizer, 1000 classes and random weights (seed 0)."""

@@ -48,9 +48,9 @@ import torch
 import torch.nn.functional as F
 
 import arvision
+from _common import mnist_fid
 from arvision.data import MnistDataset
-from arvision.metrics.features import MnistFeatures, load_reference, to_uint8
-from arvision.metrics.generative import FeatureStats, frechet_distance
+from arvision.metrics.features import MnistFeatures, load_reference
 from arvision.metrics.mnist_classifier import class_accuracy
 
 MODELS = ("mnist-raster", "mnist-scale", "mnist-markov-scale", "mnist-neighbor", "mnist-masked")
@@ -59,11 +59,6 @@ ORDER = {"mnist-raster": "next-token (raster)", "mnist-scale": "next-scale", "mn
 FLOOR = 0.95
 MASK_FROM = 14  # rows MASK_FROM.. are masked (the bottom half of 28)
 INTERIOR = 8  # rows 0..7: at least one 4-px token row away from the regenerated cells (rows 12..)
-
-
-def fid(extractor: MnistFeatures, reference, images_01: torch.Tensor) -> float:
-    feats, _ = extractor.extract(to_uint8(images_01), 500)
-    return frechet_distance(FeatureStats.of(feats), reference.stats)
 
 
 def mse(a: torch.Tensor, b: torch.Tensor, region: torch.Tensor) -> float:
@@ -115,7 +110,7 @@ def run_model(name: str, x: torch.Tensor, labels: torch.Tensor, mask: torch.Tens
         "mse_cells_edit": e_cell, "mse_cells_recon": r_cell, "mse_cells_ratio": e_cell / r_cell,
         "kept_cell_rows": int(cells[0, 0, :, 0].sum()), "mse_interior_ratio": interior,
         "mse_per_row_edit": rows_edit, "mse_per_row_recon": rows_recon,
-        "fid_edit": fid(extractor, reference, out.images), "fid_recon": fid(extractor, reference, recon),
+        "fid_edit": mnist_fid(extractor, reference, out.images), "fid_recon": mnist_fid(extractor, reference, recon),
         "seconds_per_image": wall / len(x), "forward_passes_per_image": out.stats.forward_passes_per_image,
     }  # fmt: skip
 
@@ -137,7 +132,7 @@ def main() -> None:
     classifier = arvision.load("mnist-classifier")
     extractor = MnistFeatures()
     reference = load_reference("mnist:test", extractor, progress=False)
-    inputs = {"class_accuracy": class_accuracy(classifier, x, labels), "fid": fid(extractor, reference, x)}
+    inputs = {"class_accuracy": class_accuracy(classifier, x, labels), "fid": mnist_fid(extractor, reference, x)}
     rows = [run_model(m, x, labels, mask, args, classifier, extractor, reference) for m in args.models]
     total = time.perf_counter() - t_start
 
