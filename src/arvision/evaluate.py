@@ -119,6 +119,7 @@ def evaluate_generator(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     out = Path(out_dir)
     chunks_dir = out / "chunks"
+    draft = sampling.pop("draft", None)  # a model for speculative decoding, not a setting
     s = pipe.sampling_config(**sampling)  # checked: bad settings fail before any file is written
     run = {"model": model or pipe.info.get("preset", "?"), "n": n, "batch_size": batch_size, "seed": seed,
            "sampling": s.to_dict(), "features": extractor.name}  # fmt: skip
@@ -145,7 +146,7 @@ def evaluate_generator(
     for i in todo:
         lab = labels[i * batch_size : (i + 1) * batch_size]
         t0 = time.perf_counter()
-        res = pipe.sample(lab.tolist(), 1, seed=seed * 1_000_003 + i, batch_size=len(lab), **sampling)
+        res = pipe.sample(lab.tolist(), 1, seed=seed * 1_000_003 + i, batch_size=len(lab), draft=draft, **sampling)
         images = to_uint8(res.images).cpu()
         t1 = time.perf_counter()
         feats, logits = extractor(images)

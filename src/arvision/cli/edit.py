@@ -13,7 +13,7 @@ import argparse
 import torch
 from torch import Tensor
 
-from arvision.cli.generate import add_sampling_args, sampling_kwargs
+from arvision.cli.generate import add_sampling_args, model_kwargs, sampling_kwargs
 from arvision.data.images import REGIONS, load_image, load_mask, region_mask, save_image
 from arvision.errors import DataError
 from arvision.hub import load_pipeline
@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     mask = read_masks(args, len(args.image), c.image_size)
     x = torch.stack([load_image(p, c.image_size, c.in_channels) for p in args.image]).add(1).div(2)
     out = pipe.sample_edit(x, mask, classes=ids, seed=args.seed, batch_size=args.batch_size,
-                           progress=True, **sampling_kwargs(args))  # fmt: skip
+                           progress=True, **sampling_kwargs(args), **model_kwargs(args))  # fmt: skip
     n = x.shape[0]
     path = save_image(out.images * 2 - 1, args.output, nrow=min(n, 8), padding=0 if n == 1 else 2)
     if args.comparison:

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from arvision.cli.generate import add_sampling_args, sampling_kwargs
+from arvision.cli.generate import add_sampling_args, model_kwargs, sampling_kwargs
 from arvision.hub import load_pipeline, load_tokenizer
 
 
@@ -80,7 +80,7 @@ def run_generator(args: argparse.Namespace) -> int:
     report = evaluate_generator(
         pipe, extractor, reference, n=args.n, out_dir=out, batch_size=args.batch_size, seed=args.seed,
         progress=not args.no_progress, dist=dist, model=str(args.model), kid_subsets=args.kid_subsets,
-        kid_subset_size=args.kid_subset_size, **sampling_kwargs(args),
+        kid_subset_size=args.kid_subset_size, **sampling_kwargs(args), **model_kwargs(args),
     )  # fmt: skip
     if report is not None:
         report["reference"] = ref_spec

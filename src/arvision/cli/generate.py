@@ -35,12 +35,24 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
                    help="decoding steps where the order lets you choose (masked: whole grid, default 8; "
                         "markov-scale: refinement steps per scale, default 1)")  # fmt: skip
     p.add_argument("--choice-temperature", type=float, help="Gumbel noise on masked-step confidences (default 4.5)")
+    p.add_argument("--decoding", choices=["plain", "sjd", "speculative", "lantern"],
+                   help="next-token order: speculative Jacobi decoding, a draft model (--draft) or LANTERN's relaxed acceptance")
+    p.add_argument("--window", type=int, help="draft tokens verified per target pass (default 8)")
+    p.add_argument("--draft", help="draft model (directory or shipped name, e.g. mnist-raster-draft) for --decoding speculative/lantern")
+    p.add_argument("--lantern-k", type=int, help="LANTERN: latent neighbours pooled per token (default 8)")
+    p.add_argument("--lantern-delta", type=float, help="LANTERN: total-variation budget in [0, 1] (default 0.1)")  # fmt: skip
 
 
 def sampling_kwargs(args: argparse.Namespace) -> dict:
     return {"cfg": args.cfg, "cfg_schedule": args.cfg_schedule, "cfg_interval": args.cfg_interval,
             "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "num_steps": args.num_steps,
-            "choice_temperature": args.choice_temperature}  # fmt: skip
+            "choice_temperature": args.choice_temperature, "decoding": args.decoding, "window": args.window,
+            "lantern_k": args.lantern_k, "lantern_delta": args.lantern_delta}  # fmt: skip
+
+
+def model_kwargs(args: argparse.Namespace) -> dict:
+    """The models a sampling command passes beside the settings (a draft model)."""
+    return {"draft": args.draft} if args.draft else {}
 
 
 def parse_classes(text: str | None) -> list[int] | None:
@@ -55,7 +67,8 @@ def parse_classes(text: str | None) -> list[int] | None:
 def run(args: argparse.Namespace) -> int:
     pipe = load_pipeline(args.model, device=args.device)
     out = pipe.sample(
-        parse_classes(args.classes), args.n, seed=args.seed, batch_size=args.batch_size, progress=True, **sampling_kwargs(args)
+        parse_classes(args.classes), args.n, seed=args.seed, batch_size=args.batch_size, progress=True,
+        **sampling_kwargs(args), **model_kwargs(args)
     )
     path = save_image(out.images * 2 - 1, args.output, nrow=args.n)
     if args.save_individual:
