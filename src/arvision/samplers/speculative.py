@@ -68,6 +68,7 @@ class JacobiProposer:
     or "spatial" (the token above in the grid, a point mass; random in the first row)."""
 
     passes = 0
+    free = True  # drafting costs no forward pass
 
     def __init__(self, vocab_size: int, grid_side: int, rng: torch.Generator | None, init: str = "random") -> None:
         if init not in ("random", "spatial"):
@@ -115,6 +116,7 @@ class DraftModelProposer:
         self.model, self.s, self.cond, self.rng = draft, s, cond_RD, rng
         self.cache = draft.new_cache(cond_RD.shape[0])
         self.passes = 0
+        self.free = False
 
     def propose(self, tokens_BL: Tensor, n: int, W: int) -> tuple[Tensor, Tensor]:
         B, L = tokens_BL.shape
@@ -169,7 +171,10 @@ def speculative_decode(generator, tokenizer, labels_B: Tensor, s: SamplingConfig
     frontier_B = torch.zeros(B, dtype=torch.long, device=device)  # per row: tokens [0, frontier) are decided
     pos_L = torch.arange(L, device=device)
     while n < L:
-        W = min(s.window, L - n)
+        # Jacobi drafts cost nothing: every row gets `window` new ones past its own accepted run (rows
+        # run ahead of the slowest one); a draft model drafts `window` tokens from the common prefix
+        ahead = int(frontier_B.max()) - n if proposer.free else 0
+        W = min(ahead + s.window, L - n)
         d, q = proposer.propose(state.tokens_BL, n, W)
         fixed = known[:, n : n + W] | (pos_L[n : n + W] < frontier_B[:, None])  # known, or decided by an earlier pass
         d = torch.where(fixed, state.tokens_BL[:, n : n + W], d)
