@@ -35,8 +35,10 @@ SETTINGS = [
     ("SJD, window 16", {"decoding": "sjd", "window": 16}),
     ("draft model, window 2", {"decoding": "speculative", "window": 2, "draft": True}),
     ("draft model, window 4", {"decoding": "speculative", "window": 4, "draft": True}),
-    ("LANTERN (Jacobi), k 16, delta 0.1", {"decoding": "lantern", "window": 16, "lantern_k": 16, "lantern_delta": 0.1}),
-    ("LANTERN (Jacobi), k 32, delta 0.2", {"decoding": "lantern", "window": 16, "lantern_k": 32, "lantern_delta": 0.2}),
+    ("LANTERN (Jacobi), k 16, delta 0.05", {"decoding": "lantern", "window": 8, "lantern_k": 16, "lantern_delta": 0.05}),
+    ("LANTERN (Jacobi), k 16, delta 0.1", {"decoding": "lantern", "window": 8, "lantern_k": 16, "lantern_delta": 0.1}),
+    ("LANTERN (Jacobi), k 16, delta 0.15", {"decoding": "lantern", "window": 8, "lantern_k": 16, "lantern_delta": 0.15}),
+    ("LANTERN (Jacobi), k 32, delta 0.2", {"decoding": "lantern", "window": 8, "lantern_k": 32, "lantern_delta": 0.2}),
     ("LANTERN (draft), k 16, delta 0.1, window 4", {"decoding": "lantern", "window": 4, "lantern_k": 16, "lantern_delta": 0.1,
                                                      "draft": True}),
 ]  # fmt: skip
