@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import mnist_fid, official_size_pipeline
+from _common import mnist_fid, official_size_pipeline, scatter_plot
 
 import arvision
 from arvision.metrics.features import MnistFeatures, load_reference
@@ -93,6 +93,7 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", help="run only the settings whose name contains one of these words")
     ap.add_argument("--official", action="store_true", help="also time GPT-B verification passes (random weights)")
     ap.add_argument("--json", help="also write the figures here")
+    ap.add_argument("--plot", default="bench-decoding.png", help="PNG plot of MNIST-FID against target passes per image")
     args = ap.parse_args()
     pipe, draft = arvision.load(args.model), arvision.load(args.draft)
     classifier, extractor = arvision.load("mnist-classifier"), MnistFeatures()
@@ -117,6 +118,11 @@ def main() -> None:
         print(f"| {r['setting']} | {r['passes_per_batch']:.1f} | {r['passes_per_image']:.1f} | {fewer:.2f}x | "
               f"{r['draft_passes_per_batch']:.0f} | {r['accepted']:.2f} | {r['ms_per_image']:.1f} | {speed:.2f}x | "
               f"{r['fid']:.2f} | {dfid:+.1f} % | {100 * r['class_accuracy']:.1f} % |")  # fmt: skip
+    if rows:
+        scatter_plot([(r["setting"], r["passes_per_image"], r["fid"]) for r in rows], args.plot,
+                     f"MNIST-FID (lower is better) of {args.model} by decoding method, {args.n} samples each",
+                     "target forward passes per image (log scale)")  # fmt: skip
+        print(f"\nplot -> {args.plot}")
     official = []
     if args.official:
         official = official_pass_cost((0, 1, 2, 4, 8, 16))

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import torch
-from PIL import Image, ImageDraw
+from _common import scatter_plot
 
 import arvision
 from arvision.evaluate import balanced_labels, evaluate_generator
@@ -56,39 +56,10 @@ def seconds_per_image(pipe, overrides: dict, n: int, repeats: int = 3) -> float:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    """Scatter of MNIST-FID against ms/image (log x), one labelled point per row; PIL only."""
-    W, H, m = 900, 560, 70
-    img = Image.new("RGB", (W, H), "white")
-    d = ImageDraw.Draw(img)
-    xs = [math.log10(r["ms"]) for r in rows]
-    ys = [r["fid"] for r in rows]
-    x0, x1 = math.floor(min(xs) * 2) / 2, math.ceil(max(xs) * 2) / 2 + 0.25
-    y1 = max(ys) * 1.15
-
-    def px(lx: float, y: float) -> tuple[float, float]:
-        return m + (lx - x0) / (x1 - x0) * (W - 2 * m), H - m - y / y1 * (H - 2 * m)
-
-    d.line([(m, m), (m, H - m), (W - m, H - m)], fill="black", width=2)
-    for k in range(int(x0 * 2), int(x1 * 2) + 1):
-        lx = k / 2
-        x, _ = px(lx, 0)
-        d.line([(x, H - m), (x, H - m + 6)], fill="black")
-        d.text((x - 12, H - m + 10), f"{10 ** lx:.3g}", fill="black")
-    for k in range(6):
-        y = y1 * k / 5
-        _, yy = px(x0, y)
-        d.line([(m - 6, yy), (m, yy)], fill="black")
-        d.text((m - 45, yy - 6), f"{y:.1f}", fill="black")
-    d.text((W / 2 - 120, H - 30), "sampling time, ms per image (log scale)", fill="black")
-    d.text((10, 20), "MNIST-FID (lower is better) of each generation order, same backbone, MNIST", fill="black")
-    colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
-    for i, r in enumerate(rows):
-        x, y = px(math.log10(r["ms"]), r["fid"])
-        c = colors[i % len(colors)]
-        d.ellipse([x - 6, y - 6, x + 6, y + 6], fill=c)
-        d.text((x + 9, y - 7), r["label"], fill=c)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path)
+    """Scatter of MNIST-FID against ms/image (log x), one labelled point per row."""
+    points = [(r["label"], r["ms"], r["fid"]) for r in rows]
+    scatter_plot(points, path, "MNIST-FID (lower is better) of each generation order, same backbone, MNIST",
+                 "sampling time, ms per image (log scale)")  # fmt: skip
 
 
 def main() -> None:
