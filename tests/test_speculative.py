@@ -33,8 +33,8 @@ def test_greedy_speculative_decoding_is_greedy_decoding(raster: Pipeline, decodi
     labels = torch.arange(10).repeat(2)
     s = raster.defaults.replace(top_k=1)
     plain = raster.sample(labels.tolist(), 1, top_k=1, decode=False).tokens
-    fast = speculative_decode(raster.generator, raster.tokenizer, labels, s.replace(decoding=decoding, window=window, lantern_delta=0.0),
-                              torch.Generator().manual_seed(0), jacobi_init=init)  # fmt: skip
+    s = s.replace(decoding=decoding, window=window, lantern_delta=0.0, jacobi_init=init)
+    fast = speculative_decode(raster.generator, raster.tokenizer, labels, s, torch.Generator().manual_seed(0))
     assert torch.equal(fast.tokens, plain)
     assert fast.stats.forward_passes < raster.generator.num_tokens
 

@@ -38,6 +38,7 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--decoding", choices=["plain", "sjd", "speculative", "lantern"],
                    help="next-token order: speculative Jacobi decoding, a draft model (--draft) or LANTERN's relaxed acceptance")
     p.add_argument("--window", type=int, help="draft tokens verified per target pass (default 8)")
+    p.add_argument("--jacobi-init", choices=["random", "spatial"], help="SJD: new draft positions start random or from the token above")
     p.add_argument("--draft", help="draft model (directory or shipped name, e.g. mnist-raster-draft) for --decoding speculative/lantern")
     p.add_argument("--lantern-k", type=int, help="LANTERN: latent neighbours pooled per token (default 8)")
     p.add_argument("--lantern-delta", type=float, help="LANTERN: total-variation budget in [0, 1] (default 0.1)")  # fmt: skip
@@ -47,6 +48,7 @@ def sampling_kwargs(args: argparse.Namespace) -> dict:
     return {"cfg": args.cfg, "cfg_schedule": args.cfg_schedule, "cfg_interval": args.cfg_interval,
             "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "num_steps": args.num_steps,
             "choice_temperature": args.choice_temperature, "decoding": args.decoding, "window": args.window,
+            "jacobi_init": args.jacobi_init,
             "lantern_k": args.lantern_k, "lantern_delta": args.lantern_delta}  # fmt: skip
 
 

@@ -34,7 +34,8 @@ class SamplingConfig(Config):
     confidences that decide which tokens a masked step keeps (MaskGIT: 4.5).
 
     Fast decoding (issue 13): ``decoding`` "plain", "sjd" (speculative Jacobi decoding: the model
-    drafts ``window`` tokens for itself), "speculative" (a small draft model drafts them) or
+    drafts ``window`` tokens for itself; new positions start from ``jacobi_init`` "random" tokens or
+    "spatial", the token above), "speculative" (a small draft model drafts them) or
     "lantern" (speculative with LANTERN's relaxed acceptance: a token's probability pooled over its
     ``lantern_k`` nearest codes in the tokenizer's latent space, within total-variation
     ``lantern_delta``). Next-scale orders: ``draft_scales`` = K (CoDe: the first K scales by the
@@ -51,6 +52,7 @@ class SamplingConfig(Config):
     choice_temperature: float = 4.5
     decoding: str = "plain"
     window: int = 8
+    jacobi_init: str = "random"
     lantern_k: int = 8
     lantern_delta: float = 0.1
     draft_scales: int | None = None
@@ -75,6 +77,8 @@ class SamplingConfig(Config):
             raise ValueError(f"choice_temperature must be >= 0, got {self.choice_temperature}")
         if self.decoding not in DECODINGS:
             raise ValueError(f"decoding must be one of {DECODINGS}, got {self.decoding!r}")
+        if self.jacobi_init not in ("random", "spatial"):
+            raise ValueError(f"jacobi_init must be 'random' (uniform tokens) or 'spatial' (the token above), got {self.jacobi_init!r}")
         if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 1:
             raise ValueError(f"window (draft tokens per verification) must be an integer >= 1, got {self.window!r}")
         if isinstance(self.lantern_k, bool) or not isinstance(self.lantern_k, int) or self.lantern_k < 1:
@@ -95,5 +99,5 @@ class SamplingConfig(Config):
 
 
 # settings only some orders read (each order lists its own in Order.own_settings)
-ORDER_SETTINGS = ("num_steps", "choice_temperature", "decoding", "window", "lantern_k", "lantern_delta", "draft_scales",
-                  "depth_schedule")  # fmt: skip
+ORDER_SETTINGS = ("num_steps", "choice_temperature", "decoding", "window", "jacobi_init", "lantern_k", "lantern_delta",
+                  "draft_scales", "depth_schedule")  # fmt: skip

@@ -143,7 +143,7 @@ class DraftModelProposer:
 @torch.no_grad()
 def speculative_decode(generator, tokenizer, labels_B: Tensor, s: SamplingConfig, rng: torch.Generator | None = None, *,
                        draft=None, prior_BL: Tensor | None = None, known_BL: Tensor | None = None, callback=None,
-                       progress: bool = False, jacobi_init: str = "random") -> DecodeOutput:  # fmt: skip
+                       progress: bool = False) -> DecodeOutput:  # fmt: skip
     """Decode one batch of the next-token order with ``s.decoding`` in ("sjd", "speculative", "lantern").
 
     ``draft``: a generator of the same order and tokenizer (required for "speculative"; "lantern"
@@ -160,7 +160,7 @@ def speculative_decode(generator, tokenizer, labels_B: Tensor, s: SamplingConfig
     known = state.known_BL
     cache = generator.new_cache(cond.shape[0])
     if s.decoding == "sjd" or (s.decoding == "lantern" and draft is None):
-        proposer = JacobiProposer(generator.config.vocab_size, generator.config.grid_size, rng, jacobi_init)
+        proposer = JacobiProposer(generator.config.vocab_size, generator.config.grid_size, rng, s.jacobi_init)
     else:
         proposer = DraftModelProposer(draft, s, draft.class_emb.encode(labels_B, with_null=s.guided()), rng)
     neighbours = None
