@@ -65,7 +65,7 @@ class NextTokenOrder(Order):
     else token i - 1) and predicts token i. Fixed tokens (editing) are teacher-forced."""
 
     name = "next-token"
-    own_settings = ("decoding", "window", "lantern_k", "lantern_delta")  # speculative decoding (samplers/speculative.py)
+    own_settings = ("decoding", "window", "jacobi_init", "lantern_k", "lantern_delta")  # speculative decoding (samplers/speculative.py)
 
     def plan(self, s: SamplingConfig) -> list[Step]:
         return [Step(i, i, i, i + 1) for i in range(self.generator.num_tokens)]
