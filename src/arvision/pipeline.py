@@ -49,6 +49,12 @@ class GenerationOutput:
     known: Tensor | None = None
 
 
+def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    """Whether two models hold the same tensors (same names, shapes and values)."""
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(sa[k].shape == sb[k].shape and torch.equal(sa[k], sb[k].to(sa[k].device)) for k in sa)
+
+
 def check_batch_size(batch_size: int) -> None:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -130,6 +136,16 @@ class Pipeline:
             return Pipeline.from_pretrained(resolve(model), device=self.device).generator
         raise TypeError(f"{what} must be a pipeline, a generator, a model directory or a shipped name, got {type(model).__name__}")
 
+    def _refiner(self, refiner) -> Generator | None:
+        """CoDe's refiner as a generator; a pipeline's (or a directory's, a shipped model's) tokenizer
+        must have this pipeline's tokenizer weights."""
+        if isinstance(refiner, (str, os.PathLike)):
+            refiner = Pipeline.from_pretrained(resolve(refiner), device=self.device)
+        if isinstance(refiner, Pipeline) and not same_weights(refiner.tokenizer, self.tokenizer):
+            raise ValueError("the refiner was trained with another tokenizer (its tokenizer's weights differ from this "
+                             "pipeline's): CoDe needs both models on one tokenizer")  # fmt: skip
+        return self._generator(refiner, "refiner")
+
     def _rng(self, seed: int | None) -> torch.Generator:
         gen = torch.Generator(device=self.device)
         gen.manual_seed(seed) if seed is not None else gen.seed()
@@ -137,9 +153,13 @@ class Pipeline:
 
     def _run(self, labels: Tensor, s: SamplingConfig, seed: int | None, batch_size: int, progress: bool, decode_images: bool,
              prior: Tensor | None = None, known: Tensor | None = None, callback: Callable[[StepInfo], None] | None = None,
-             draft: "Pipeline | Generator | str | os.PathLike | None" = None) -> GenerationOutput:  # fmt: skip
+             draft: "Pipeline | Generator | str | os.PathLike | None" = None,
+             refiner: "Pipeline | Generator | str | os.PathLike | None" = None) -> GenerationOutput:  # fmt: skip
         """Decode ``labels`` in batches with one seeded generator; tokens fixed where ``known``."""
         check_batch_size(batch_size)
+        refiner = self._refiner(refiner)
+        if refiner is not None and s.decoding != "plain":
+            raise ValueError(f"refiner= is for collaborative next-scale decoding (draft_scales=K); it does not combine with decoding={s.decoding!r}")
         draft = self._generator(draft, "draft")
         if draft is not None and s.decoding == "plain":
             raise ValueError("draft= is used by speculative decoding: pass decoding='speculative' (or 'lantern')")
@@ -150,7 +170,7 @@ class Pipeline:
         batches = range(0, len(labels), batch_size)  # progress: a bar over the batches, or over the steps of one batch
         for b in tqdm(batches, desc="generate", disable=not progress or len(batches) == 1, leave=False):
             part = slice(b, b + batch_size)
-            run = decode if s.decoding == "plain" else functools.partial(speculative_decode, draft=draft)
+            run = functools.partial(decode, refiner=refiner) if s.decoding == "plain" else functools.partial(speculative_decode, draft=draft)
             out = run(self.generator, self.tokenizer, labels[part], s, gen, callback=callback,
                       progress=progress and len(batches) == 1,
                       prior_BL=None if prior is None else prior[part], known_BL=None if known is None else known[part])  # fmt: skip
@@ -165,7 +185,7 @@ class Pipeline:
     @torch.no_grad()
     def sample(self, classes: Sequence[int] | int | None = None, n_per_class: int = 1, *, seed: int | None = 0,
                batch_size: int = 64, progress: bool = False, decode: bool = True,
-               callback: Callable[[StepInfo], None] | None = None, draft=None, **sampling) -> GenerationOutput:  # fmt: skip
+               callback: Callable[[StepInfo], None] | None = None, draft=None, refiner=None, **sampling) -> GenerationOutput:  # fmt: skip
         """Generate ``n_per_class`` samples of every class in ``classes`` (all of ``classes[0]`` first).
 
         Sampling options (``cfg``, ``cfg_schedule``, ``cfg_interval``, ``temperature``, ``top_k``,
@@ -180,10 +200,17 @@ class Pipeline:
         ``"lantern"`` (relaxed acceptance, ``lantern_k`` neighbours, ``lantern_delta``); see
         :mod:`arvision.samplers.speculative`. ``stats.draft_passes`` and
         ``stats.mean_accepted_length`` report what it bought.
+
+        Fast decoding of the next-scale order: ``draft_scales=K`` with ``refiner=`` a small
+        next-scale model trained with the same tokenizer (a pipeline, generator, directory or
+        shipped name such as "mnist-scale-refiner"): this model decodes the first K scales, the
+        refiner the rest (CoDe, :mod:`arvision.samplers.collaborative`); ``depth_schedule`` = blocks
+        per scale runs the later scales on a weight-shared subnet of this model (VARiant, best with
+        a model trained for it such as "mnist-scale-variant").
         """
         s = self.sampling_config(**sampling)
         labels = self.labels_for(classes, n_per_class)
-        return self._run(labels, s, seed, batch_size, progress, decode, callback=callback, draft=draft)
+        return self._run(labels, s, seed, batch_size, progress, decode, callback=callback, draft=draft, refiner=refiner)
 
     def generate(self, classes: Sequence[int] | int | None = None, n_per_class: int = 1, **kwargs) -> Tensor:
         """Images (N, C, H, W) in [0, 1]; same arguments as :meth:`sample`. Stats in ``last_stats``."""
@@ -197,8 +224,8 @@ class Pipeline:
     @torch.no_grad()
     def sample_edit(self, images: Tensor | Sequence[Image.Image] | Image.Image, mask: Tensor, *,
                     classes: Sequence[int] | int, seed: int | None = 0, batch_size: int = 64, progress: bool = False,
-                    decode: bool = True, callback: Callable[[StepInfo], None] | None = None,
-                    **sampling) -> GenerationOutput:  # fmt: skip
+                    decode: bool = True, callback: Callable[[StepInfo], None] | None = None, refiner=None,
+                    draft=None, **sampling) -> GenerationOutput:  # fmt: skip
         """Regenerate the masked region of ``images`` (in/out-painting, class-conditional editing).
 
         Args:
@@ -209,7 +236,7 @@ class Pipeline:
                 regenerated when any pixel of its cell is masked); every other token keeps the
                 input's own token (teacher-forced / never masked / replaced at every scale, by order).
             classes: the class to generate, one id for all images or one per image.
-            seed, batch_size, progress, decode, callback, sampling options: as in :meth:`sample`.
+            seed, batch_size, progress, decode, callback, refiner, draft, sampling options: as in :meth:`sample`.
 
         Returns the images in [0, 1] with their tokens and ``known`` (the kept tokens). An
         all-False mask returns the tokenizer's reconstruction of the input.
@@ -226,7 +253,8 @@ class Pipeline:
             self.last_stats = SamplingStats(images=B, batches=-(-B // batch_size))
             return GenerationOutput(images=imgs.add(1).div(2).clamp(0, 1) if decode else torch.empty(0), tokens=prior,
                                     labels=labels, stats=self.last_stats, known=known)  # fmt: skip
-        return self._run(labels, s, seed, batch_size, progress, decode, prior=prior, known=known, callback=callback)
+        return self._run(labels, s, seed, batch_size, progress, decode, prior=prior, known=known, callback=callback, refiner=refiner,
+                         draft=draft)
 
     def edit(self, images: Tensor | Sequence[Image.Image] | Image.Image, mask: Tensor, **kwargs) -> Tensor:
         """Edited images (B, C, H, W) in [0, 1]; same arguments as :meth:`sample_edit`."""

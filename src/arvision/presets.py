@@ -138,12 +138,15 @@ def var_backbone(depth: int, width: int, heads: int, *, shared_adaln: bool = Fal
 @dataclass(frozen=True, kw_only=True)
 class GeneratorTrainConfig(TrainConfig):
     """Args: ema: decay of an exponential moving average of the weights (0 = off); when on, the
-    EMA weights are the ones saved at the end."""
+    EMA weights are the ones saved at the end. init: start from the weights of this generator
+    (shipped name or directory, trained with the same tokenizer; fine-tuning) instead of a random
+    init."""
 
     steps: int = 3000
     weight_decay: float = 0.05
     grad_clip: float = 2.0
     ema: float = 0.0
+    init: str | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -197,6 +200,20 @@ GENERATOR_PRESETS: dict[str, GeneratorPreset] = {
         "MNIST class-conditional next-scale generator (VAR-style) on mnist-msvq, scales 1-7",
         NextScaleGenerator, var_backbone(6, 128, 4), "mnist-msvq",
         GeneratorTrainConfig(steps=1500, batch_size=64, lr=2e-3), SamplingConfig(cfg=2.0, cfg_schedule="linear"),
+    ),  # fmt: skip
+    "mnist-scale-refiner": GeneratorPreset(
+        "MNIST next-scale refiner for collaborative decoding (CoDe) with mnist-scale: depth 2, trained on scales 3x3-7x7 only",
+        NextScaleGenerator, var_backbone(2, 128, 4), "mnist-msvq",
+        GeneratorTrainConfig(steps=1500, batch_size=64, lr=2e-3), SamplingConfig(cfg=2.0, cfg_schedule="linear"),
+        {"scale_loss_weights": (0.0, 0.0, 1.0, 1.0, 1.0, 1.0)},
+    ),  # fmt: skip
+    "mnist-scale-variant": GeneratorPreset(
+        "MNIST next-scale generator with weight-shared subnets of 2 and 3 blocks for the later scales (VARiant), "
+        "fine-tuned from mnist-scale with a progressive loss share",
+        NextScaleGenerator, var_backbone(6, 128, 4), "mnist-msvq",
+        GeneratorTrainConfig(steps=400, batch_size=64, lr=5e-4, warmup_steps=20, init="mnist-scale"),
+        SamplingConfig(cfg=2.0, cfg_schedule="linear"),
+        {"subnet_depths": (2, 3), "subnet_from": (2, 3), "subnet_loss_share": (0.8, 0.5, 0.2)},
     ),  # fmt: skip
     "mnist-masked": GeneratorPreset(
         "MNIST class-conditional masked generator (MaskGIT-style, 8 steps by default) on mnist-vq, 7x7 tokens",

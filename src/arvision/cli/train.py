@@ -46,6 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--batch-size", type=int, help="global batch size (split across processes)")
     g.add_argument("--lr", type=float)
     g.add_argument("--ema", type=float, help="EMA decay of the saved weights, e.g. 0.999 (default: the preset's)")
+    g.add_argument("--init", help="start from this generator's weights (shipped name or directory; default: the preset's)")
     g.add_argument("--out", required=True)
     g.add_argument("--resume", action="store_true")
     g.add_argument("--device", default="cpu")
@@ -71,7 +72,7 @@ def run_generator(args: argparse.Namespace) -> int:
 
     result = train_generator(
         args.out, preset=args.preset, tokenizer=args.tokenizer, data=args.data, steps=args.steps,
-        batch_size=args.batch_size, lr=args.lr, ema=args.ema, resume=args.resume, device=args.device,
+        batch_size=args.batch_size, lr=args.lr, ema=args.ema, init=args.init, resume=args.resume, device=args.device,
         progress=not args.no_progress, command=_command(),
     )  # fmt: skip
     if int(__import__("os").environ.get("RANK", "0")) == 0:

@@ -178,7 +178,8 @@ class Generator(PretrainedModel):
         return {"tokens_BL": tokens_BL, "labels_B": labels_B}, {}
 
     def training_loss(self, logits_BLV: Tensor, tokens_BL: Tensor, extra: dict) -> tuple[Tensor, Tensor]:
-        """(loss, token accuracy) of the logits ``forward`` returned for :meth:`training_inputs`."""
+        """(loss, token accuracy) of the logits ``forward`` returned for :meth:`training_inputs`;
+        the training loop adds ``extra["progress"]`` (step / steps) for losses with a schedule."""
         return self.loss(logits_BLV, tokens_BL)
 
     def loss(self, logits_BLV: Tensor, tokens_BL: Tensor, weights_L: Tensor | None = None) -> tuple[Tensor, Tensor]:

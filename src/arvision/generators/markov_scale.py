@@ -38,6 +38,11 @@ class MarkovScaleConfig(NextScaleConfig):
 
     refine: bool = False
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.subnet_depths:
+            raise ValueError("subnet_depths (VARiant subnets) are for the next-scale order; markov-scale does not train them")
+
 
 def same_group_mask(groups_q: Tensor, groups_k: Tensor) -> Tensor:
     """Boolean (Lq, Lk) block-diagonal mask: i may attend j iff both are in the same group."""

@@ -26,6 +26,7 @@ Legend: B batch, L positions of this call, C width, H heads, Dh head dim, D cond
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -247,8 +248,8 @@ class Transformer(nn.Module):
 
     def forward(self, x_BLC: Tensor, *, cond_BD: Tensor | None = None, attn_mask: Tensor | None = None,
                 is_causal: bool = False, rope: Tensor | None = None, cache: KVCache | None = None,
-                start: int = 0) -> Tensor:  # fmt: skip
-        """Run all blocks.
+                start: int = 0, block_ends: Sequence[int] | None = None) -> Tensor:  # fmt: skip
+        """Run the blocks (all of them, or a weight-shared subnet per position with ``block_ends``).
 
         Args:
             x_BLC: input embeddings of the positions computed in this call.
@@ -259,19 +260,44 @@ class Transformer(nn.Module):
             cache: a KVCache to read and write: this call's keys/values go to positions
                 [start, start + L) and the cache then holds start + L positions.
             start: sequence position of the first input (with a cache; 0 without).
+            block_ends: per block, the sequence position where it stops: block i computes the
+                positions [start, block_ends[i]) of this call and every later position passes it
+                unchanged (and gets no keys/values in its cache layer). None = every block computes
+                every position. A depth schedule whose subnets nest (each position uses a subset of
+                the blocks of every earlier one, VARiant) is one number per block, so the same
+                argument serves teacher-forced training and cached decoding; the attention mask
+                must keep a block's positions from attending to later ones.
         """
         cfg = self.config
+        if block_ends is not None and len(block_ends) != cfg.depth:
+            raise ValueError(f"block_ends needs one position per block ({cfg.depth}), got {len(block_ends)}")
         cond = None
         if cfg.conditioning == "adaln":
             if cond_BD is None:
                 raise ValueError("this backbone uses AdaLN conditioning: pass cond_BD")
             cond = self.shared_ada_lin(cond_BD).view(-1, 1, 6, cfg.width) if cfg.shared_adaln else cond_BD
-        h = x_BLC
+        h, L = x_BLC, x_BLC.shape[1]
         for i, block in enumerate(self.blocks):
-            h = block(h, cond, attn_mask=attn_mask, is_causal=is_causal, rope=rope, cache=cache, start=start, layer=i)
+            n = L if block_ends is None else min(max(block_ends[i] - start, 0), L)  # positions of this call block i computes
+            if n == L:
+                h = block(h, cond, attn_mask=attn_mask, is_causal=is_causal, rope=rope, cache=cache, start=start, layer=i)
+            elif n > 0:
+                mask = None if attn_mask is None else attn_mask[:n, : attn_mask.shape[1] - L + n]
+                part = block(h[:, :n], cond, attn_mask=mask, is_causal=is_causal, rope=None if rope is None else rope[:n],
+                             cache=cache, start=start, layer=i)  # fmt: skip
+                h = torch.cat([part, h[:, n:]], 1)
         if cache is not None:
             cache.commit(start + x_BLC.shape[1])
         return self.head_nm(h, cond_BD) if cfg.conditioning == "adaln" else self.norm(h)
+
+    def subnet(self, depth: int) -> tuple[int, ...]:
+        """The ``depth`` blocks of a weight-shared subnet (VARiant, Chen et al. 2025, arXiv:2511.16546):
+        equidistant indices floor(i (D - 1) / (depth - 1)), i < depth, which keep the first and the
+        last block; depth 1 = the first block, depth D = every block."""
+        D = self.config.depth
+        if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= D:
+            raise ValueError(f"a subnet of this backbone has 1..{D} blocks, got {depth!r}")
+        return tuple(i * (D - 1) // (depth - 1) for i in range(depth)) if depth > 1 else (0,)
 
     def new_cache(self, batch_size: int, max_len: int, *, dtype: torch.dtype | None = None, device=None) -> KVCache:
         p = next(self.parameters())

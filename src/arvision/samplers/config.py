@@ -38,8 +38,10 @@ class SamplingConfig(Config):
     "spatial", the token above), "speculative" (a small draft model drafts them) or
     "lantern" (speculative with LANTERN's relaxed acceptance: a token's probability pooled over its
     ``lantern_k`` nearest codes in the tokenizer's latent space, within total-variation
-    ``lantern_delta``). Next-scale orders: ``draft_scales`` = K (CoDe: the first K scales by the
-    model, the rest by a small refiner) and ``depth_schedule`` (VARiant: blocks used per scale).
+    ``lantern_delta``). Next-scale order: ``draft_scales`` = K (CoDe: the first K scales by the
+    model, the rest by a small refiner passed as ``refiner=``) and ``depth_schedule`` (VARiant: one
+    depth per scale, the number of blocks of the weight-shared subnet that scale runs; depths may
+    not grow and their subnets must nest, see ``generators/next_scale.py``).
     """
 
     cfg: float = 1.0
@@ -87,7 +89,8 @@ class SamplingConfig(Config):
             raise ValueError(f"lantern_delta (total-variation budget) must be in [0, 1], got {self.lantern_delta}")
         if self.draft_scales is not None and (isinstance(self.draft_scales, bool) or self.draft_scales < 1):
             raise ValueError(f"draft_scales must be a positive number of scales (None = off), got {self.draft_scales}")
-        if self.depth_schedule is not None and (not self.depth_schedule or any(d < 1 for d in self.depth_schedule)):
+        if self.depth_schedule is not None and (not self.depth_schedule or any(isinstance(d, bool) or not isinstance(d, int) or d < 1
+                                                                               for d in self.depth_schedule)):  # fmt: skip
             raise ValueError(f"depth_schedule must be positive block counts per scale (None = full depth), got {self.depth_schedule}")
 
     def guided(self) -> bool:

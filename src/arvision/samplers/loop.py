@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from arvision.samplers.collaborative import collaborate
 from arvision.samplers.config import SamplingConfig
 from arvision.samplers.logits import guidance_weight
 from arvision.samplers.order import DecodeState, Decoder, Sampler, Step
@@ -106,11 +107,14 @@ def check_settings(generator: Decoder, s: SamplingConfig) -> list[Step]:
 @torch.no_grad()
 def decode(generator: Decoder, tokenizer, labels_B: Tensor, s: SamplingConfig, rng: torch.Generator | None = None, *,
            prior_BL: Tensor | None = None, known_BL: Tensor | None = None,
-           callback: Callable[[StepInfo], None] | None = None, progress: bool = False) -> DecodeOutput:  # fmt: skip
+           callback: Callable[[StepInfo], None] | None = None, progress: bool = False,
+           refiner: Decoder | None = None) -> DecodeOutput:  # fmt: skip
     """Decode one batch with ``generator``'s order.
 
     ``prior_BL``/``known_BL``: tokens fixed by the caller (editing); every other token is
     generated. ``callback(info)`` runs after each forward pass, before the state update.
+    ``refiner``: a small model of the same order that decodes the steps from ``s.draft_scales``
+    on (CoDe, ``samplers/collaborative.py``).
     """
     t0 = time.perf_counter()
     if s.decoding != "plain":
@@ -125,8 +129,11 @@ def decode(generator: Decoder, tokenizer, labels_B: Tensor, s: SamplingConfig, r
     cache = order.new_cache(cond_RD.shape[0])
     sampler = Sampler(s, rng, generator.head)
     num_groups = plan[-1].group + 1
-    for step in tqdm(plan, desc=f"decode {order.name}", disable=not progress, leave=False):
-        logits, weight = guide(generator.head, generator.step(state, step, cond_RD, cache), B, s, step.group, num_groups)
+    run = generator.step
+    if refiner is not None or s.draft_scales is not None:  # CoDe: the later steps on a small refiner
+        plan, run = collaborate(generator, refiner, tokenizer, plan, labels_B, s)
+    for step in tqdm(plan, desc=f"decode {order.name}", leave=False) if progress else plan:
+        logits, weight = guide(generator.head, run(state, step, cond_RD, cache), B, s, step.group, num_groups)
         if callback is not None:
             callback(StepInfo(step, logits, state, weight))
         order.update(state, step, logits, sampler)

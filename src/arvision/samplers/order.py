@@ -66,6 +66,8 @@ class Step:
         targets: token positions (T,) whose logits the pass returns, in order; None = the token
             positions [start, end) (sequence and token positions coincide).
         sub, subs: the pass's number among the passes of its group and their count.
+        blocks: the backbone blocks the pass runs (a weight-shared subnet, ``depth_schedule``);
+            None = every block.
     """
 
     index: int
@@ -75,6 +77,7 @@ class Step:
     targets: Tensor | None = None
     sub: int = 0
     subs: int = 1
+    blocks: tuple[int, ...] | None = None
 
     @property
     def predicts(self) -> Tensor | slice:
@@ -95,9 +98,12 @@ class DecodeState:
     open_BL: Tensor
     extra: dict[str, Tensor] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self.any_known = bool(self.known_BL.any())
+
     def fill(self, index: Tensor | slice, ids_BT: Tensor) -> None:
         """Decide the tokens at ``index``; the known ones keep their value."""
-        self.tokens_BL[:, index] = torch.where(self.known_BL[:, index], self.tokens_BL[:, index], ids_BT)
+        self.tokens_BL[:, index] = torch.where(self.known_BL[:, index], self.tokens_BL[:, index], ids_BT) if self.any_known else ids_BT
         self.open_BL[:, index] = False
 
 

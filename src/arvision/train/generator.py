@@ -26,7 +26,7 @@ from arvision.evaluate import ordered_batches
 from arvision.generators import Generator
 from arvision.hub import load, resolve
 from arvision.modeling import _REGISTRY, _sha256
-from arvision.pipeline import Pipeline
+from arvision.pipeline import Pipeline, same_weights
 from arvision.presets import GeneratorTrainConfig, get_generator_preset
 from arvision.tokenizers import Tokenizer
 from arvision import distributed as D
@@ -71,6 +71,20 @@ def encode_dataset(tokenizer: Tokenizer, data: str, cache: Path, *, tokenizer_id
     return tokens, labels, num_classes
 
 
+def load_init(model: Generator, name: str, tokenizer: Tokenizer) -> None:
+    """Copy the weights of generator ``name`` (shipped name or directory) into ``model``: a clear
+    error when it was trained with another tokenizer or its weights do not fit."""
+    init = load(name, device=next(model.parameters()).device)
+    if not isinstance(init, Pipeline):
+        raise ValueError(f"init={name} is not a generator")
+    if not same_weights(init.tokenizer, tokenizer):
+        raise ValueError(f"init={name} was trained with another tokenizer than this run's; start from a generator of this tokenizer")
+    try:
+        model.load_state_dict(init.generator.state_dict())
+    except RuntimeError as e:
+        raise ValueError(f"init={name}: its weights do not fit this model (another architecture?): {e}") from None
+
+
 def train_generator(
     out_dir: str | Path,
     *,
@@ -81,6 +95,7 @@ def train_generator(
     batch_size: int | None = None,
     lr: float | None = None,
     ema: float | None = None,
+    init: str | None = None,
     resume: bool = False,
     device: str = "cpu",
     progress: bool = True,
@@ -93,7 +108,8 @@ def train_generator(
         preset: generator preset (``mnist-raster``, ``mnist-scale``, ...); not needed with ``resume``.
         tokenizer: tokenizer directory or shipped name (default: the preset's).
         data: "mnist" or a folder of images (class labels from sub-folders).
-        steps, batch_size, lr, ema: override the preset's settings (batch_size is global under DDP).
+        steps, batch_size, lr, ema, init: override the preset's settings (batch_size is global under
+            DDP; init: a generator whose weights to start from).
         stop_after: stop with a checkpoint after this step, as if killed (tests).
     """
     info, device = D.init(device)
@@ -102,7 +118,7 @@ def train_generator(
 
     def new_run() -> dict[str, Any]:
         p = get_generator_preset(preset)
-        overrides = {k: v for k, v in dict(steps=steps, batch_size=batch_size, lr=lr, ema=ema).items() if v is not None}
+        overrides = {k: v for k, v in dict(steps=steps, batch_size=batch_size, lr=lr, ema=ema, init=init).items() if v is not None}
         return {"preset": preset, "tokenizer": str(tokenizer or p.tokenizer), "data": data,
                 "train": p.train.replace(**overrides).to_dict(), "seconds": 0.0,
                 "command": command or f"arvision train generator --preset {preset} --out {out}"}  # fmt: skip
@@ -129,6 +145,8 @@ def train_generator(
     cls = _REGISTRY[run["model_type"]]
     torch.manual_seed(tc.seed)  # model init; everything after uses explicit generators
     model: Generator = cls(cls.config_class.from_dict(run["model"]))
+    if tc.init and ckpt is None:
+        load_init(model, tc.init, tok)
     opt = make_adamw(model, tc, no_decay=lambda name, p: p.ndim < 2 or "emb" in name or "pos_" in name)
     ema_model = copy.deepcopy(model).requires_grad_(False) if tc.ema > 0 else None
     drop_rng = torch.Generator().manual_seed(tc.seed + 1)
@@ -165,7 +183,7 @@ def train_generator(
             tokens = tokens_all[idx_t][info.rank :: info.world_size].to(device)
             mask_rng.manual_seed(tc.seed * 1_000_003 + step * 1009 + info.rank)
             inputs, extra = model.training_inputs(tokens, labels, tok, mask_rng)
-            loss, acc = model.training_loss(ddp(**inputs), tokens, extra)
+            loss, acc = model.training_loss(ddp(**inputs), tokens, {**extra, "progress": step / tc.steps})
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower --lr")
             opt.zero_grad(set_to_none=True)
@@ -213,7 +231,8 @@ def train_generator(
             "description": get_generator_preset(run["preset"]).description,
             "preset": run["preset"],
             "training": {"command": run["command"], "data": run["data"], "tokenizer": run["tokenizer"], "steps": tc.steps,
-                         "batch_size": tc.batch_size, "lr": tc.lr, "ema": tc.ema, **result},  # fmt: skip
+                         "batch_size": tc.batch_size, "lr": tc.lr, "ema": tc.ema, **({"init": tc.init} if tc.init else {}),
+                         **result},  # fmt: skip
         }
         Pipeline(tok, final.eval()).save_pretrained(out, info=gen_info)
     D.shutdown(info)
