@@ -146,3 +146,18 @@ def test_output_piped_into_a_reader_that_stops_is_no_traceback(monkeypatch) -> N
 
     monkeypatch.setattr(sys, "stdout", ClosedPipe())
     assert main(["info", "mnist-masked"]) == 0
+
+
+def test_fast_decoding_flags(tmp_path, capsys) -> None:
+    from arvision.cli import main
+
+    out = str(tmp_path / "x.png")
+    assert main(["generate", "mnist-raster", "--classes", "3", "-n", "2", "--decoding", "sjd", "--window", "4", "-o", out]) == 0
+    assert main(["generate", "mnist-raster", "--classes", "3", "-n", "2", "--decoding", "speculative", "--draft",
+                 "mnist-raster-draft", "--window", "2", "-o", out]) == 0  # fmt: skip
+    assert main(["generate", "mnist-scale", "--classes", "3", "-n", "2", "--refiner", "mnist-scale-refiner",
+                 "--draft-scales", "3", "-o", out]) == 0  # fmt: skip
+    assert main(["generate", "mnist-scale-variant", "--classes", "3", "-n", "2", "--depth-schedule", "6,6,6,3,3,3", "-o", out]) == 0
+    capsys.readouterr()
+    assert main(["generate", "mnist-raster", "--decoding", "speculative", "-o", out]) == 2
+    assert "needs a draft model" in capsys.readouterr().err

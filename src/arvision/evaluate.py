@@ -119,7 +119,7 @@ def evaluate_generator(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     out = Path(out_dir)
     chunks_dir = out / "chunks"
-    draft = sampling.pop("draft", None)  # a model for speculative decoding, not a setting
+    models = {k: sampling.pop(k) for k in ("draft", "refiner") if k in sampling}  # models, not settings
     s = pipe.sampling_config(**sampling)  # checked: bad settings fail before any file is written
     run = {"model": model or pipe.info.get("preset", "?"), "n": n, "batch_size": batch_size, "seed": seed,
            "sampling": s.to_dict(), "features": extractor.name}  # fmt: skip
@@ -146,7 +146,7 @@ def evaluate_generator(
     for i in todo:
         lab = labels[i * batch_size : (i + 1) * batch_size]
         t0 = time.perf_counter()
-        res = pipe.sample(lab.tolist(), 1, seed=seed * 1_000_003 + i, batch_size=len(lab), draft=draft, **sampling)
+        res = pipe.sample(lab.tolist(), 1, seed=seed * 1_000_003 + i, batch_size=len(lab), **models, **sampling)
         images = to_uint8(res.images).cpu()
         t1 = time.perf_counter()
         feats, logits = extractor(images)

@@ -42,19 +42,30 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--draft", help="draft model (directory or shipped name, e.g. mnist-raster-draft) for --decoding speculative/lantern")
     p.add_argument("--lantern-k", type=int, help="LANTERN: latent neighbours pooled per token (default 8)")
     p.add_argument("--lantern-delta", type=float, help="LANTERN: total-variation budget in [0, 1] (default 0.1)")  # fmt: skip
+    p.add_argument("--refiner", help="next-scale (CoDe): small refiner model (e.g. mnist-scale-refiner) for the scales from --draft-scales")
+    p.add_argument("--draft-scales", type=int, help="next-scale (CoDe): scales drawn by the model before the refiner takes over")
+    p.add_argument("--depth-schedule", type=parse_depths,
+                   help="next-scale (VARiant): blocks per scale, comma-separated, e.g. 6,6,6,3,3,3 (mnist-scale-variant)")
 
 
 def sampling_kwargs(args: argparse.Namespace) -> dict:
     return {"cfg": args.cfg, "cfg_schedule": args.cfg_schedule, "cfg_interval": args.cfg_interval,
             "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "num_steps": args.num_steps,
             "choice_temperature": args.choice_temperature, "decoding": args.decoding, "window": args.window,
-            "jacobi_init": args.jacobi_init,
+            "jacobi_init": args.jacobi_init, "draft_scales": args.draft_scales, "depth_schedule": args.depth_schedule,
             "lantern_k": args.lantern_k, "lantern_delta": args.lantern_delta}  # fmt: skip
 
 
 def model_kwargs(args: argparse.Namespace) -> dict:
-    """The models a sampling command passes beside the settings (a draft model)."""
-    return {"draft": args.draft} if args.draft else {}
+    """The models a sampling command passes beside the settings (a draft model, a CoDe refiner)."""
+    return {k: getattr(args, k) for k in ("draft", "refiner") if getattr(args, k)}
+
+
+def parse_depths(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(d) for d in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated block counts such as 6,6,6,3,3,3, got {text!r}") from None
 
 
 def parse_classes(text: str | None) -> list[int] | None:
