@@ -167,10 +167,10 @@ class Pipeline:
         if self.device.type == "cpu":
             keep_freed_memory()
         stats, tokens, images = SamplingStats(), [], []
+        run = functools.partial(decode, refiner=refiner) if s.decoding == "plain" else functools.partial(speculative_decode, draft=draft)
         batches = range(0, len(labels), batch_size)  # progress: a bar over the batches, or over the steps of one batch
         for b in tqdm(batches, desc="generate", disable=not progress or len(batches) == 1, leave=False):
             part = slice(b, b + batch_size)
-            run = functools.partial(decode, refiner=refiner) if s.decoding == "plain" else functools.partial(speculative_decode, draft=draft)
             out = run(self.generator, self.tokenizer, labels[part], s, gen, callback=callback,
                       progress=progress and len(batches) == 1,
                       prior_BL=None if prior is None else prior[part], known_BL=None if known is None else known[part])  # fmt: skip

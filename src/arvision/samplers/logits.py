@@ -47,15 +47,20 @@ def filter_top_p(logits_NV: Tensor, p: float) -> Tensor:
     return logits_NV.masked_fill(remove_sorted.scatter(-1, idx, remove_sorted), float("-inf"))
 
 
+def sampling_probs(logits_NV: Tensor, *, temperature: float = 1.0, top_k: int = 0, top_p: float = 0.0) -> Tensor:
+    """The float distribution sampling draws from: temperature, then top-k, then top-p, then softmax.
+    (``top_k == 1``, greedy, is an argmax in :func:`sample_logits`, not a draw from these.)"""
+    if temperature != 1.0:
+        logits_NV = logits_NV / max(temperature, 1e-5)
+    return filter_top_p(filter_top_k(logits_NV, top_k), top_p).float().softmax(-1)
+
+
 def sample_logits(logits_NV: Tensor, *, temperature: float = 1.0, top_k: int = 0, top_p: float = 0.0,
                   generator: torch.Generator | None = None) -> Tensor:  # fmt: skip
     """Token ids (N,) drawn from ``logits_NV``; ``top_k == 1`` is greedy (argmax, no randomness)."""
     if top_k == 1:
         return logits_NV.argmax(-1)
-    if temperature != 1.0:
-        logits_NV = logits_NV / max(temperature, 1e-5)
-    logits_NV = filter_top_p(filter_top_k(logits_NV, top_k), top_p)
-    probs = logits_NV.float().softmax(-1)
+    probs = sampling_probs(logits_NV, temperature=temperature, top_k=top_k, top_p=top_p)
     return torch.multinomial(probs, 1, replacement=True, generator=generator).squeeze(-1)
 
 

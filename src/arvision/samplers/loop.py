@@ -38,12 +38,6 @@ class SamplingStats:
     draft_passes: int = 0  # forward passes of a draft model (speculative decoding)
     passes_until_done: int = 0  # summed over images: target passes until each image was complete
 
-    @property
-    def mean_passes_per_image(self) -> float:
-        """Target passes an image needed until it was complete (in a batch, speculative decoding
-        finishes rows at different passes; the batch itself runs until its slowest row is done)."""
-        return self.passes_until_done / max(self.images, 1)
-
     def __iadd__(self, other: "SamplingStats") -> "SamplingStats":
         for k, v in asdict(other).items():
             setattr(self, k, getattr(self, k) + v)
@@ -57,6 +51,12 @@ class SamplingStats:
     @property
     def seconds_per_image(self) -> float:
         return self.seconds / max(self.images, 1)
+
+    @property
+    def mean_passes_per_image(self) -> float:
+        """Target passes an image needed until it was complete (in a batch, speculative decoding
+        finishes rows at different passes; the batch itself runs until its slowest row is done)."""
+        return self.passes_until_done / max(self.images, 1)
 
     @property
     def mean_accepted_length(self) -> float:

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from arvision.samplers.config import SamplingConfig
-from arvision.samplers.logits import filter_top_k, filter_top_p
+from arvision.samplers.logits import sampling_probs
 from arvision.samplers.loop import DecodeOutput, SamplingStats, StepInfo, guide
 from arvision.samplers.order import DecodeState, Step
 
@@ -40,8 +40,7 @@ def target_probs(logits_BTV: Tensor, s: SamplingConfig) -> Tensor:
     """The distribution plain sampling draws from (temperature, top-k, top-p; top-k 1 = one-hot argmax)."""
     if s.top_k == 1:
         return F.one_hot(logits_BTV.argmax(-1), logits_BTV.shape[-1]).float()
-    x = logits_BTV.float() / max(s.temperature, 1e-5) if s.temperature != 1.0 else logits_BTV.float()
-    return filter_top_p(filter_top_k(x, s.top_k), s.top_p).softmax(-1)
+    return sampling_probs(logits_BTV.float(), temperature=s.temperature, top_k=s.top_k, top_p=s.top_p)
 
 
 def draw(probs_NV: Tensor, rng: torch.Generator | None) -> Tensor:
