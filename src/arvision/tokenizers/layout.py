@@ -6,6 +6,11 @@ against it without knowing the tokenizer's class.
   ``code_dim`` is the width of the latent a next-scale generator reads;
 * ``sequence``: a 1-D sequence of ``length`` tokens (room for TiTok/FlexTok, JPEG bytes).
 
+``continuous``: the tokens are ``code_dim``-dimensional float vectors (B, L, code_dim) instead
+of ids (a KL autoencoder's latents, MAR); ``vocab_size`` is then 0. ``channel_bins`` > 0: every
+token is ``code_dim`` ids (B, L, code_dim), one per latent channel, each in 0..channel_bins-1
+(TokenBridge's dimension-wise quantization); ``vocab_size`` is then ``channel_bins``.
+
 Legend: B batch, H/W image side, L tokens.
 """
 
@@ -28,10 +33,24 @@ class TokenLayout:
     scales: tuple[int, ...] = ()
     length: int = 0
     code_dim: int = 0
+    continuous: bool = False
+    channel_bins: int = 0
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"token layout kind must be one of {KINDS}, got {self.kind!r}")
+        if (self.continuous or self.channel_bins) and self.code_dim < 1:
+            raise ValueError("continuous or channel-quantized tokens need code_dim >= 1 (the token's width)")
+
+    @property
+    def token_kind(self) -> str:
+        """"ids" (one codebook id per token), "vectors" (continuous) or "channel-ids" (one id per channel)."""
+        return "vectors" if self.continuous else "channel-ids" if self.channel_bins else "ids"
+
+    @property
+    def token_shape(self) -> tuple[int, ...]:
+        """Shape of one image's tokens: (L,) ids, or (L, code_dim) vectors / channel ids."""
+        return (self.num_tokens,) if self.token_kind == "ids" else (self.num_tokens, self.code_dim)
 
     @property
     def side(self) -> int:
@@ -47,11 +66,13 @@ class TokenLayout:
         return self.length
 
     def describe(self) -> str:
+        what = {"ids": "", "vectors": f" of continuous {self.code_dim}-d tokens",
+                "channel-ids": f" of {self.code_dim}-channel tokens ({self.channel_bins} levels per channel)"}[self.token_kind]
         if self.kind == "grid":
-            return f"a {self.grid[0]}x{self.grid[1]} token grid"
+            return f"a {self.grid[0]}x{self.grid[1]} token grid{what}"
         if self.kind == "scales":
-            return f"token scales {'/'.join(map(str, self.scales))}"
-        return f"a sequence of {self.length} tokens"
+            return f"token scales {'/'.join(map(str, self.scales))}{what}"
+        return f"a sequence of {self.length} tokens{what}"
 
     def token_mask(self, mask_B1HW: Tensor) -> Tensor:
         """(B, L) bool: the tokens to regenerate for a pixel mask (True = regenerate).
