@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -47,9 +48,10 @@ class GeneratorConfig(Config):
     head_bias: bool = False
     init_std: float = 0.02
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    token_kind: ClassVar[str] = "ids"  # the tokens it generates (TokenLayout.token_kind)
 
     def __post_init__(self) -> None:
-        if self.vocab_size < 2 or self.num_classes < 1:
+        if (self.token_kind != "vectors" and self.vocab_size < 2) or self.num_classes < 1:
             raise ValueError("vocab_size must be >= 2 and num_classes >= 1")
         if not 0 <= self.class_dropout < 1:
             raise ValueError(f"class_dropout must be in [0, 1), got {self.class_dropout}")
@@ -79,6 +81,7 @@ class Generator(PretrainedModel):
     order_class: type[Order]  # the decoding order (plan + state updates), defined beside the generator
     layout_kind = "grid"  # the token layout it generates (see arvision.tokenizers.layout)
     layout_map = {"grid_size": "side"}  # config field -> the TokenLayout attribute it is derived from
+    token_kind = "ids"  # "ids", "vectors" (continuous, a diffusion head) or "channel-ids" (TokenBridge)
 
     def __init__(self, config: GeneratorConfig) -> None:
         super().__init__(config)
@@ -103,6 +106,12 @@ class Generator(PretrainedModel):
         if layout.kind != cls.layout_kind or (layout.kind == "grid" and layout.grid[0] != layout.grid[1]):
             need = {"grid": "a VQ grid tokenizer (e.g. mnist-vq)", "scales": "a multi-scale tokenizer (e.g. mnist-msvq)"}
             raise ValueError(f"the {cls.order_class.name} order needs {need.get(cls.layout_kind, cls.layout_kind)}, "
+                             f"but this tokenizer has {layout.describe()}")  # fmt: skip
+        if layout.token_kind != cls.token_kind:
+            need = {"ids": "a discrete tokenizer (codebook ids, e.g. mnist-vq)",
+                    "vectors": "a continuous tokenizer (a KL autoencoder, e.g. mnist-kl)",
+                    "channel-ids": "a channel-quantized tokenizer (TokenBridge, e.g. mnist-tokenbridge's)"}  # fmt: skip
+            raise ValueError(f"{cls.__name__} generates {cls.token_kind} tokens and needs {need[cls.token_kind]}, "
                              f"but this tokenizer has {layout.describe()}")  # fmt: skip
         return {"vocab_size": layout.vocab_size, **{k: getattr(layout, a) for k, a in cls.layout_map.items()}}
 

@@ -74,6 +74,7 @@ def _packed_weight(layer: Linear) -> Tensor | None:
 # activation name -> (oneDNN post-op, its algorithm, the same function in torch)
 _ACTIVATIONS = {
     "gelu_tanh": ("gelu", "tanh", lambda y: F.gelu(y, approximate="tanh")),
+    "gelu": ("gelu", "none", F.gelu),
     "silu": ("swish", "", F.silu),
 }
 

@@ -40,9 +40,9 @@ from arvision.nn.linear import Linear, linear
 _CHOICES = {
     "conditioning": ("prefix", "adaln"),
     "attention": ("plain", "cosine"),
-    "qkv_bias": ("none", "qv"),
+    "qkv_bias": ("none", "qv", "qkv"),
     "norm": ("layernorm", "rmsnorm"),
-    "mlp": ("gelu", "swiglu"),
+    "mlp": ("gelu", "gelu-exact", "swiglu"),
 }
 
 
@@ -57,11 +57,13 @@ class TransformerConfig(Config):
         shared_adaln: one AdaLN projection for all blocks plus a per-block offset (VAR-d36).
         attention: "plain" or "cosine" (l2-normalised q/k with a learnable per-head scale).
         attn_scale_mult: multiplies 1/sqrt(head_dim) in plain attention (VAR's non-cosine uses 0.25).
-        qkv_bias: "none" or "qv" (learned q and v biases, no k bias, as in VAR).
+        qkv_bias: "none", "qv" (learned q and v biases, no k bias, as in VAR) or "qkv" (one bias on
+            the fused qkv projection, timm's ViT block as in MAR).
         proj_bias, mlp_bias: biases of the attention output and MLP linears.
         norm, norm_eps: "layernorm" or "rmsnorm".
-        mlp, mlp_ratio, mlp_multiple_of: "gelu" with hidden = ratio * C, or "swiglu" with hidden =
-            round_up(2/3 * ratio * C, multiple_of) (LlamaGen).
+        mlp, mlp_ratio, mlp_multiple_of: "gelu" (tanh approximation, VAR) or "gelu-exact" (erf, timm /
+            MAR) with hidden = ratio * C, or "swiglu" with hidden = round_up(2/3 * ratio * C, multiple_of)
+            (LlamaGen).
     """
 
     depth: int = 12
@@ -96,7 +98,7 @@ class TransformerConfig(Config):
 
     @property
     def mlp_hidden(self) -> int:
-        if self.mlp == "gelu":
+        if self.mlp != "swiglu":
             return round(self.width * self.mlp_ratio)
         hidden = int(2 * self.mlp_ratio * self.width / 3)
         return -(-hidden // self.mlp_multiple_of) * self.mlp_multiple_of
@@ -145,7 +147,7 @@ class Attention(nn.Module):
         super().__init__()
         C, H = cfg.width, cfg.num_heads
         self.num_heads, self.head_dim = H, cfg.head_dim
-        self.qkv = Linear(C, 3 * C, bias=False)
+        self.qkv = Linear(C, 3 * C, bias=cfg.qkv_bias == "qkv")
         self.cosine = cfg.attention == "cosine"
         if cfg.qkv_bias == "qv":
             self.q_bias = nn.Parameter(torch.zeros(C))
@@ -162,7 +164,7 @@ class Attention(nn.Module):
     def forward(self, x_BLC: Tensor, *, attn_mask: Tensor | None, is_causal: bool, rope: Tensor | None,
                 cache: KVCache | None, start: int, layer: int) -> Tensor:  # fmt: skip
         B, L, C = x_BLC.shape
-        bias = torch.cat([self.q_bias, self.zero_k_bias, self.v_bias]) if hasattr(self, "q_bias") else None
+        bias = torch.cat([self.q_bias, self.zero_k_bias, self.v_bias]) if hasattr(self, "q_bias") else self.qkv.bias
         qkv = linear(x_BLC, self.qkv, bias).view(B, L, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, L, Dh)
         if self.cosine:
@@ -181,6 +183,7 @@ class MLP(nn.Module):
         super().__init__()
         C, Hd, bias = cfg.width, cfg.mlp_hidden, cfg.mlp_bias
         self.swiglu = cfg.mlp == "swiglu"
+        self.activation = "gelu_tanh" if cfg.mlp == "gelu" else "gelu"
         if self.swiglu:
             self.w1, self.w3, self.w2 = Linear(C, Hd, bias=bias), Linear(C, Hd, bias=bias), Linear(Hd, C, bias=bias)
         else:
@@ -189,7 +192,7 @@ class MLP(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.swiglu:
             return self.w2(linear(x, self.w1, self.w1.bias, "silu") * self.w3(x))
-        return self.fc2(linear(x, self.fc1, self.fc1.bias, "gelu_tanh"))
+        return self.fc2(linear(x, self.fc1, self.fc1.bias, self.activation))
 
 
 class Block(nn.Module):

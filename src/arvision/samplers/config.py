@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from arvision.config import Config
 
-CFG_SCHEDULES = ("constant", "linear")
+CFG_SCHEDULES = ("constant", "linear", "mar-linear")
 DECODINGS = ("plain", "sjd", "speculative", "lantern")  # plain, or speculative with a Jacobi / draft-model proposer
 
 
@@ -20,6 +20,8 @@ class SamplingConfig(Config):
     * ``constant`` (LlamaGen): logits = uncond + cfg * (cond - uncond) at every step; 1 = off.
     * ``linear`` (VAR): t = cfg * k / (K - 1) at step k of K, logits = (1 + t) cond - t uncond;
       0 = off. The weight ramps from 0 at the first step to ``cfg`` at the last.
+    * ``mar-linear`` (MAR): w = 1 + (cfg - 1) * (share of tokens decided after the step),
+      output = uncond + w (cond - uncond); 1 = off. Guidance grows as the image fills in.
 
     A *step* is what an order decodes at once: a token (next-token), a scale (the next-scale
     orders), a ring (next-neighbour), a masked step. ``cfg_interval`` = k >= 0 guides steps
@@ -42,6 +44,10 @@ class SamplingConfig(Config):
     model, the rest by a small refiner passed as ``refiner=``) and ``depth_schedule`` (VARiant: one
     depth per scale, the number of blocks of the weight-shared subnet that scale runs; depths may
     not grow and their subnets must nest, see ``generators/next_scale.py``).
+
+    Continuous tokens (a diffusion head, MAR): ``diffusion_steps`` = denoising steps per token
+    (None = the head's default, MAR: 100); ``temperature`` scales the noise of every denoising
+    step (MAR's temperature). ``top_k``/``top_p`` apply to categorical heads only.
     """
 
     cfg: float = 1.0
@@ -59,6 +65,7 @@ class SamplingConfig(Config):
     lantern_delta: float = 0.1
     draft_scales: int | None = None
     depth_schedule: tuple[int, ...] | None = None
+    diffusion_steps: int | None = None
 
     def __post_init__(self) -> None:
         if self.cfg_schedule not in CFG_SCHEDULES:
@@ -92,9 +99,13 @@ class SamplingConfig(Config):
         if self.depth_schedule is not None and (not self.depth_schedule or any(isinstance(d, bool) or not isinstance(d, int) or d < 1
                                                                                for d in self.depth_schedule)):  # fmt: skip
             raise ValueError(f"depth_schedule must be positive block counts per scale (None = full depth), got {self.depth_schedule}")
+        if self.diffusion_steps is not None and (isinstance(self.diffusion_steps, bool) or not isinstance(self.diffusion_steps, int)
+                                                 or self.diffusion_steps < 1):  # fmt: skip
+            raise ValueError(f"diffusion_steps must be a positive number of denoising steps (None = the head's default), "
+                             f"got {self.diffusion_steps!r}")  # fmt: skip
 
     def guided(self) -> bool:
-        return self.cfg != (1.0 if self.cfg_schedule == "constant" else 0.0)
+        return self.cfg != (0.0 if self.cfg_schedule == "linear" else 1.0)
 
     def guides_step(self, step: int) -> bool:
         """Whether decoding step ``step`` (0-based) is guided (see ``cfg_interval``)."""
@@ -104,3 +115,5 @@ class SamplingConfig(Config):
 # settings only some orders read (each order lists its own in Order.own_settings)
 ORDER_SETTINGS = ("num_steps", "choice_temperature", "decoding", "window", "jacobi_init", "lantern_k", "lantern_delta",
                   "draft_scales", "depth_schedule")  # fmt: skip
+# settings only some heads read (each head lists its own in ``own_settings``; categorical: top_k, top_p)
+HEAD_SETTINGS = ("top_k", "top_p", "diffusion_steps")

@@ -14,17 +14,21 @@ import torch
 from torch import Tensor
 
 
-def guidance_weight(cfg: float, schedule: str, step: int, num_steps: int) -> float:
-    """The guidance strength of ``step`` (0-based) out of ``num_steps`` (see SamplingConfig)."""
+def guidance_weight(cfg: float, schedule: str, step: int, num_steps: int, progress: float | None = None) -> float:
+    """The guidance strength of ``step`` (0-based) out of ``num_steps`` (see SamplingConfig);
+    ``progress``: the share of tokens decided after the step (``mar-linear``; default (step + 1) / num_steps)."""
     if schedule == "linear":
         return cfg * step / max(num_steps - 1, 1)
+    if schedule == "mar-linear":
+        return 1 + (cfg - 1) * ((step + 1) / num_steps if progress is None else progress)
     return cfg
 
 
 def apply_guidance(cond_NV: Tensor, uncond_NV: Tensor, weight: float, schedule: str) -> Tensor:
     """Classifier-free guidance on logits, in each anchor's own arithmetic.
 
-    ``constant`` (LlamaGen): uncond + w (cond - uncond). ``linear`` (VAR): (1 + w) cond - w uncond.
+    ``constant`` (LlamaGen) and ``mar-linear`` (MAR): uncond + w (cond - uncond). ``linear`` (VAR):
+    (1 + w) cond - w uncond.
     """
     if schedule == "linear":
         return cond_NV.mul(1 + weight) - uncond_NV.mul(weight)

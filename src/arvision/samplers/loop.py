@@ -86,14 +86,15 @@ class DecodeOutput:
     stats: SamplingStats
 
 
-def guide(head, out_RTV: Tensor, B: int, s: SamplingConfig, group: int, num_groups: int) -> tuple[Tensor, float | None]:
+def guide(head, out_RTV: Tensor, B: int, s: SamplingConfig, group: int, num_groups: int,
+          progress: float | None = None) -> tuple[Tensor, float | None]:  # fmt: skip
     """The (B, T, V) outputs of decoding step ``group`` of ``num_groups``: guided by the null rows
     (R = 2B) when ``s`` guides this step, else the conditional rows; and the guidance weight used."""
     if out_RTV.shape[0] == B:
         return out_RTV, None
     if not s.guides_step(group):
         return out_RTV[:B], None
-    weight = guidance_weight(s.cfg, s.cfg_schedule, group, num_groups)
+    weight = guidance_weight(s.cfg, s.cfg_schedule, group, num_groups, progress)
     return head.guide(out_RTV[:B], out_RTV[B:], weight, s.cfg_schedule), weight
 
 
@@ -133,7 +134,7 @@ def decode(generator: Decoder, tokenizer, labels_B: Tensor, s: SamplingConfig, r
     if refiner is not None or s.draft_scales is not None:  # CoDe: the later steps on a small refiner
         plan, run = collaborate(generator, refiner, tokenizer, plan, labels_B, s)
     for step in tqdm(plan, desc=f"decode {order.name}", leave=False) if progress else plan:
-        logits, weight = guide(generator.head, run(state, step, cond_RD, cache), B, s, step.group, num_groups)
+        logits, weight = guide(generator.head, run(state, step, cond_RD, cache), B, s, step.group, num_groups, step.progress)
         if callback is not None:
             callback(StepInfo(step, logits, state, weight))
         order.update(state, step, logits, sampler)

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, ClassVar, Protocol
 import torch
 from torch import Tensor
 
-from arvision.samplers.config import ORDER_SETTINGS, SamplingConfig
+from arvision.samplers.config import HEAD_SETTINGS, ORDER_SETTINGS, SamplingConfig
 from arvision.samplers.logits import sample_categorical
 
 if TYPE_CHECKING:
@@ -68,6 +68,8 @@ class Step:
         sub, subs: the pass's number among the passes of its group and their count.
         blocks: the backbone blocks the pass runs (a weight-shared subnet, ``depth_schedule``);
             None = every block.
+        progress: share of the tokens decided after this pass (what MAR's guidance schedule
+            reads); None = (group + 1) / groups.
     """
 
     index: int
@@ -78,6 +80,7 @@ class Step:
     sub: int = 0
     subs: int = 1
     blocks: tuple[int, ...] | None = None
+    progress: float | None = None
 
     @property
     def predicts(self) -> Tensor | slice:
@@ -87,7 +90,8 @@ class Step:
 
 @dataclass
 class DecodeState:
-    """The tokens being decoded (B, L) in the tokenizer's layout.
+    """The tokens being decoded in the tokenizer's layout: ids (B, L), or continuous tokens /
+    per-channel ids (B, L, D).
 
     ``known_BL``: fixed by the caller (editing), never changed; ``open_BL``: not decided yet;
     ``extra``: what an order carries between steps (next-scale: the accumulated latent).
@@ -103,7 +107,10 @@ class DecodeState:
 
     def fill(self, index: Tensor | slice, ids_BT: Tensor) -> None:
         """Decide the tokens at ``index``; the known ones keep their value."""
-        self.tokens_BL[:, index] = torch.where(self.known_BL[:, index], self.tokens_BL[:, index], ids_BT) if self.any_known else ids_BT
+        if self.any_known:
+            known = self.known_BL[:, index]
+            ids_BT = torch.where(known.view(*known.shape, *[1] * (ids_BT.ndim - known.ndim)), self.tokens_BL[:, index], ids_BT)
+        self.tokens_BL[:, index] = ids_BT
         self.open_BL[:, index] = False
 
 
@@ -159,6 +166,12 @@ class Order:
                 what = f"always takes {self.generator.num_steps} steps" if name == "num_steps" else f"does not use {name}"
                 where = f"{name} applies to the {users} order(s)" if users else f"no order supports {name} yet"
                 raise ValueError(f"{name}={getattr(s, name)!r}: the {self.name} order {what}; {where}, so leave it unset")
+        head = getattr(self.generator, "head", None)
+        own = getattr(head, "own_settings", ("top_k", "top_p"))
+        for name in HEAD_SETTINGS:
+            if name not in own and getattr(s, name) not in (SamplingConfig.__dataclass_fields__[name].default, None, 1.0):
+                kind = "continuous tokens (a diffusion head)" if name != "diffusion_steps" else "discrete tokens (a categorical head)"
+                raise ValueError(f"{name}={getattr(s, name)!r}: this model samples {kind}, which have no {name}; leave it unset")
 
     def plan(self, s: SamplingConfig) -> list[Step]:
         """The forward passes for settings ``s`` (a clear error for a value the order cannot use)."""

@@ -1,0 +1,137 @@
+"""MAR (continuous tokens, diffusion head): the official fixture (LTH14/mar, ../shared/fixtures/mar)
+reproduced through arvision's generator, order and loop; the MAR order's schedule and editing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from arvision.convert.checkpoint import read_checkpoint
+from arvision.convert.mar import build_mar, infer_mar
+from arvision.generators.mar import mar_mask_lengths
+from arvision.samplers import SamplingConfig, decode
+
+FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "mar"
+needs_fixture = pytest.mark.skipif(not (FIXTURE / "fixture.pt").is_file(), reason="MAR fixture not present")
+
+
+def close(got: torch.Tensor, ref: torch.Tensor) -> None:
+    """The fixture README's bar for an independent float32 implementation."""
+    err = (got.float() - ref.float()).abs().max().item()
+    assert err <= 1e-5 + 1e-4 * ref.abs().max().item(), f"max error {err:.3g} (max |ref| {ref.abs().max().item():.3g})"
+
+
+@pytest.fixture(scope="module")
+def fx() -> dict:
+    return torch.load(FIXTURE / "fixture.pt", weights_only=True)
+
+
+def official(weights: str = "model_ema"):
+    state = read_checkpoint(FIXTURE / "mar_state.pth", key=weights)
+    return build_mar(state, infer_mar(state, heads=(2, 4)))
+
+
+@pytest.fixture(scope="module")
+def gen():
+    return official()
+
+
+def test_mask_schedule_is_mars() -> None:
+    # 16 tokens in 4 steps: 2, 3, 5, 6 tokens filled (the fixture's per-step counts)
+    left = [int(m) for m in mar_mask_lengths(16, 4)]
+    assert left == [14, 11, 6, 0]
+    assert [int(m) for m in mar_mask_lengths(16, 16)][-3:] == [2, 1, 0]  # every step fills at least one
+
+
+@needs_fixture
+def test_architecture_is_inferred(gen) -> None:
+    c = gen.config
+    assert (c.transformer.depth, c.transformer.width, c.decoder.depth, c.decoder.width) == (2, 40, 2, 32)
+    assert (c.grid_size, c.token_dim, c.buffer_size, c.num_classes) == (4, 16, 4, 10)
+    assert (c.head.width, c.head.depth, c.head.cond_dim) == (32, 2, 32)
+
+
+@needs_fixture
+@pytest.mark.parametrize("mask_key, z_key, enc_key, null", [
+    ("mask", "z", "encoder_out", False), ("mask", "z_uncond", None, True), ("mask_half", "z_half", "encoder_out_half", False),
+    ("all", "z_all_masked", None, False),
+])  # fmt: skip
+def test_teacher_forced_conditioning_vectors(gen, fx, mask_key, z_key, enc_key, null) -> None:
+    t = fx["mar_tf"]
+    labels = torch.full_like(t["labels"], gen.null_class) if null else t["labels"]
+    masked = torch.ones(2, 16, dtype=torch.bool) if mask_key == "all" else t[mask_key].bool()
+    with torch.no_grad():
+        cond = gen.class_emb.encode(labels)
+        if not null:
+            close(cond, t["class_embedding"])
+        if enc_key:
+            close(gen.encoder_features(t["x_tokens"], masked, cond)[0], t[enc_key])
+        close(gen.features(t["x_tokens"], masked, cond), t[z_key])
+
+
+@needs_fixture
+def test_model_weights_entry(fx) -> None:
+    t = fx["mar_tf"]
+    with torch.no_grad():
+        close(official("model").features(t["x_tokens"], t["mask"].bool(), official("model").class_emb.encode(t["labels"])),
+              t["z_model_weights"])  # fmt: skip
+
+
+@needs_fixture
+def test_training_loss(gen, fx) -> None:
+    t, tl = fx["mar_tf"], fx["train_loss"]
+    with torch.no_grad():
+        z = gen.features(t["x_tokens"], tl["mask"].bool(), gen.class_emb.encode(t["labels"]))
+        close(z, tl["z"])
+        rows = lambda x: x.flatten(0, 1).repeat(4, *[1] * (x.ndim - 2))  # noqa: E731  MAR's diffusion_batch_mul = 4
+        terms = gen.head.training_losses(rows(z), rows(t["x_tokens"]), tl["t"], tl["noise"])
+        m = rows(tl["mask"])
+        close((terms["loss"] * m).sum() / m.sum(), tl["loss"])
+
+
+def run_official(gen, run: dict, labels: torch.Tensor) -> tuple:
+    kw = run["kwargs"]
+    s = SamplingConfig(cfg=kw["cfg"], cfg_schedule="mar-linear" if kw["cfg_schedule"] == "linear" else "constant",
+                       temperature=kw["temperature"], num_steps=kw["num_iter"], diffusion_steps=100)  # fmt: skip
+    steps = []
+
+    def spy(info) -> None:
+        if info.step.index == 0:
+            info.state.extra["orders"] = run["orders"]  # MAR draws its order with numpy: use the same one
+        steps.append((info.cfg_weight, info.state.open_BL.clone()))
+
+    out = decode(gen, None, labels, s, torch.Generator().manual_seed(int(run["torch_seed"])), callback=spy)
+    return out, steps
+
+
+@needs_fixture
+@pytest.mark.parametrize("name", ["cfg_linear", "cfg_constant", "nocfg", "uncond"])
+def test_seeded_sampling_reproduces_the_official_run(gen, fx, name) -> None:
+    run = fx["sampling"][name]
+    labels = run["kwargs"]["labels"]
+    labels = torch.full((2,), gen.null_class) if labels is None else torch.tensor(labels)
+    out, steps = run_official(gen, run, labels)
+    for i, ((weight, open_before), ref) in enumerate(zip(steps, run["steps"])):
+        filled = open_before & ~(out.state.open_BL if i == len(steps) - 1 else steps[i + 1][1])
+        assert torch.equal(filled, ref["mask_to_pred"].bool()), f"step {i}: other positions filled"
+        if run["kwargs"]["cfg"] != 1.0:
+            assert weight == pytest.approx(float(ref["cfg_iter"]), abs=1e-6)
+        else:
+            assert weight is None
+    close(out.tokens, run["tokens"])
+
+
+def test_mar_order_fills_every_token_once_and_keeps_known_ones() -> None:
+    from test_generators import build
+
+    tok, gen = build("tiny-mar")
+    prior = tok.encode(torch.rand(3, 1, 16, 16) * 2 - 1)
+    known = torch.zeros(3, gen.num_tokens, dtype=torch.bool)
+    known[0, :5], known[2] = True, True  # rows with 5, 0 and every token known
+    out = decode(gen, tok, torch.tensor([1, 2, 3]), gen.config.sampling.replace(num_steps=4), torch.Generator().manual_seed(0),
+                 prior_BL=prior, known_BL=known)  # fmt: skip
+    assert not out.state.open_BL.any()
+    assert torch.equal(out.tokens[known], prior[known]) and torch.isfinite(out.tokens).all()
+    assert not torch.equal(out.tokens[1], prior[1])
