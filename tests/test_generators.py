@@ -19,7 +19,8 @@ def build(name: str, num_classes: int = 10):
     gp = GENERATOR_PRESETS[name]
     tp = TOKENIZER_PRESETS[gp.tokenizer]
     tok = tp.model_class(tp.config).eval()
-    tok.quantize.embedding.weight.data.normal_()
+    if hasattr(tok, "quantize"):  # codebook tokenizers: codes far apart
+        tok.quantize.embedding.weight.data.normal_()
     gen = gp.model_class(gp.build_config(tok, num_classes)).eval()
     with torch.no_grad():  # move off the near-identity init so that every part matters
         for p in gen.parameters():

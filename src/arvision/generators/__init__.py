@@ -2,6 +2,8 @@
 
 from arvision.generators.base import Generator, GeneratorConfig, GridConfig, GridGenerator
 from arvision.generators.parts import CategoricalHead, ClassCondition
+from arvision.generators.diffusion import DiffusionHead, DiffusionHeadConfig
+from arvision.generators.mar import MarConfig, MarGenerator
 from arvision.generators.markov_scale import MarkovScaleConfig, MarkovScaleGenerator
 from arvision.generators.masked import MaskedConfig, MaskedGenerator
 from arvision.generators.neighbor import NeighborConfig, NeighborGenerator
@@ -10,7 +12,7 @@ from arvision.generators.next_token import NextTokenConfig, NextTokenGenerator, 
 from arvision.samplers.config import SamplingConfig
 
 __all__ = [
-    "CategoricalHead", "ClassCondition", "Generator", "GeneratorConfig", "GridConfig", "GridGenerator", "MarkovScaleConfig", "MarkovScaleGenerator", "MaskedConfig", "MaskedGenerator",
+    "CategoricalHead", "ClassCondition", "DiffusionHead", "DiffusionHeadConfig", "Generator", "MarConfig", "MarGenerator", "GeneratorConfig", "GridConfig", "GridGenerator", "MarkovScaleConfig", "MarkovScaleGenerator", "MaskedConfig", "MaskedGenerator",
     "NeighborConfig", "NeighborGenerator", "NextScaleConfig", "NextScaleGenerator", "NextTokenConfig",
     "NextTokenGenerator", "SamplingConfig", "rope_2d_table",
 ]  # fmt: skip

@@ -155,7 +155,7 @@ class MarOrder(Order):
         if step.sub == 0:
             if "orders" not in state.extra:  # the random order (a caller may set its own)
                 keys = torch.rand(B, L, generator=sampler.rng, device=state.open_BL.device) + state.known_BL
-                state.extra["orders"] = keys.argsort(1, stable=True)
+                state.extra["orders"] = keys.argsort(dim=1, stable=True)
             state.extra["left"] = mar_mask_lengths(state.open_BL.sum(1), step.subs)
         rank = state.extra["orders"].argsort(1)  # position -> its place in the order
         still = (rank < state.extra["left"][step.sub].to(rank.device).unsqueeze(1)) & state.open_BL
@@ -230,7 +230,7 @@ class MarGenerator(Generator):
             valid = None
         else:  # rows differ (editing): pad to the longest row, padded keys masked out
             n = int(counts.max())
-            idx = (~keep).to(torch.int8).argsort(1, stable=True)[:, :n]
+            idx = (~keep).to(torch.int8).argsort(dim=1, stable=True)[:, :n]
             valid = torch.arange(n, device=x.device) < counts.unsqueeze(1)
             mask = valid[:, None, None, :]  # (B, 1, 1, n): who may be attended to
             h = self.encoder(x.gather(1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1])), attn_mask=mask)

@@ -191,9 +191,10 @@ class Order:
         fill = getattr(self.generator, "mask_id", 0)  # open tokens: the mask id where the model has one
         if known_BL is None:
             known_BL = torch.zeros(batch_size, L, dtype=torch.bool, device=device)
-        tokens = torch.full((batch_size, L), fill, dtype=torch.long, device=device)
+        per_token = tuple(getattr(self.generator, "token_channels", ()))  # (D,) for one id per channel (TokenBridge)
+        tokens = torch.full((batch_size, L, *per_token), fill, dtype=torch.long, device=device)
         if prior_BL is not None:
-            tokens = torch.where(known_BL, prior_BL.to(device).long(), tokens)
+            tokens = torch.where(known_BL.view(batch_size, L, *[1] * len(per_token)), prior_BL.to(device).long(), tokens)
         return DecodeState(tokens_BL=tokens, known_BL=known_BL, open_BL=~known_BL)
 
     def update(self, state: DecodeState, step: Step, logits_BTV: Tensor, sampler: Sampler) -> None:

@@ -48,7 +48,8 @@ def encode_dataset(tokenizer: Tokenizer, data: str, cache: Path, *, tokenizer_id
                 meta = f.metadata() or {}
             if json.loads(meta.get("key", "{}")) == key:
                 t = load_file(str(cache))
-                return t["tokens"].long(), t["labels"].long(), int(meta["num_classes"])
+                tokens = t["tokens"] if t["tokens"].is_floating_point() else t["tokens"].long()
+                return tokens, t["labels"].long(), int(meta["num_classes"])
         except Exception:
             pass  # unreadable or stale cache: re-encode
     c = tokenizer.config
@@ -65,7 +66,10 @@ def encode_dataset(tokenizer: Tokenizer, data: str, cache: Path, *, tokenizer_id
         for x in tqdm(ordered_batches(ds, 512), total=-(-len(ds) // 512), desc="encoding dataset", disable=not progress):
             chunks.append(tokenizer.encode(x.to(device)).cpu())
     tokens = torch.cat(chunks)
-    dtype = torch.int16 if tokenizer.codebook_size <= 32767 else torch.int32
+    if tokens.is_floating_point():  # continuous tokens (a KL autoencoder's latents)
+        dtype = torch.float32
+    else:
+        dtype = torch.int16 if tokenizer.layout.vocab_size <= 32767 else torch.int32
     save_file({"tokens": tokens.to(dtype), "labels": labels}, str(cache),
               metadata={"key": json.dumps(key), "num_classes": str(num_classes)})  # fmt: skip
     return tokens, labels, num_classes
@@ -200,8 +204,8 @@ def train_generator(
             if step % 10 == 0 or step == tc.steps:
                 rate = tokens_seen / max(time.time() - t0, 1e-9)
                 last = {"loss": loss.item(), "token_accuracy": acc.item(), "tokens_per_s": rate}
-                bar.set_postfix(loss=f"{last['loss']:.3f}", acc=f"{100 * last['token_accuracy']:.1f}%",
-                                tok_s=f"{rate:.0f}", refresh=False)  # fmt: skip
+                shown = {"acc": f"{100 * last['token_accuracy']:.1f}%"} if math.isfinite(last["token_accuracy"]) else {}
+                bar.set_postfix(loss=f"{last['loss']:.3f}", **shown, tok_s=f"{rate:.0f}", refresh=False)
             bar.update(1)
             if step % tc.ckpt_every == 0 or step == tc.steps or (stop_after is not None and step >= stop_after):
                 run["seconds"] = run.get("seconds", 0.0) + time.time() - t0
