@@ -3,9 +3,12 @@
     python benchmarks/orders.py                                    # the shipped models
     python benchmarks/orders.py --train-steps 800 --runs runs/orders  # retrain every order at one budget
 
-Every order uses the same backbone size (depth 6, width 128, 4 heads), the same data, batch 64 and
-learning rate, and the tokenizer it allows (the grid orders ``mnist-vq``, the scale orders
-``mnist-msvq``). With ``--train-steps`` every order is trained from scratch for the same number of
+Every discrete order uses the same backbone size (depth 6, width 128, 4 heads), the same data, batch
+64 and learning rate, and the tokenizer it allows (the grid orders ``mnist-vq``, the scale orders
+``mnist-msvq``). The continuous rows use ``mnist-kl`` (same conv stack and 7x7x8 latent as
+``mnist-vq``, a Gaussian bottleneck instead of a codebook): MAR (4 + 4 blocks of width 128 and a
+diffusion head) and TokenBridge (``mnist-kl``'s latents quantized per channel after training,
+the raster backbone of ``mnist-raster`` with a small autoregressive head over the channels). With ``--train-steps`` every order is trained from scratch for the same number of
 steps in this process (reruns resume and skip finished runs); without it the shipped models are
 scored and their own training budgets are printed. Each row draws ``--n`` class-balanced samples
 with the model's default guidance, scored by the shipped MNIST classifier (MNIST-FID against the
@@ -41,6 +44,9 @@ ROWS = [
     ("masked, 4 steps", "mnist-masked", {"num_steps": 4}),
     ("masked, 8 steps", "mnist-masked", {}),
     ("masked, 16 steps", "mnist-masked", {"num_steps": 16}),
+    ("MAR (continuous, diffusion head), 8 steps", "mnist-mar", {}),
+    ("MAR, 16 steps", "mnist-mar", {"num_steps": 16}),
+    ("TokenBridge (channel-AR head, raster)", "mnist-tokenbridge", {}),
 ]
 
 

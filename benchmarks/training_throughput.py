@@ -15,7 +15,8 @@ import subprocess
 import sys
 import time
 
-PRESETS = ["mnist-vq", "mnist-msvq", "mnist-raster", "mnist-scale", "mnist-markov-scale", "mnist-neighbor", "mnist-masked"]
+PRESETS = ["mnist-vq", "mnist-msvq", "mnist-kl", "mnist-raster", "mnist-scale", "mnist-markov-scale", "mnist-neighbor",
+           "mnist-masked", "mnist-mar", "mnist-tokenbridge"]
 
 
 def measure(name: str, steps: int) -> dict:
@@ -45,7 +46,11 @@ def measure(name: str, steps: int) -> dict:
         tok = tp.model_class(tp.config).eval()
         model = gp.model_class(gp.build_config(tok, 10)).train()
         bs, unit = gp.train.batch_size, "tokens"
-        tokens = torch.randint(0, tok.codebook_size, (bs, tok.num_tokens))
+        layout = tok.layout
+        if layout.token_kind == "vectors":  # continuous tokens (MAR)
+            tokens = torch.randn(bs, *layout.token_shape)
+        else:
+            tokens = torch.randint(0, layout.vocab_size, (bs, *layout.token_shape))
         labels = torch.randint(0, 10, (bs,))
         rng = torch.Generator().manual_seed(0)
 

@@ -135,3 +135,119 @@ def test_mar_order_fills_every_token_once_and_keeps_known_ones() -> None:
     assert not out.state.open_BL.any()
     assert torch.equal(out.tokens[known], prior[known]) and torch.isfinite(out.tokens).all()
     assert not torch.equal(out.tokens[1], prior[1])
+
+
+@pytest.fixture(scope="module")
+def tiny_kl(tmp_path_factory):
+    """A tiny KL tokenizer on disk and its MNIST token cache (continuous tokens, kept as float32)."""
+    from arvision.modeling import _sha256
+    from arvision.presets import TOKENIZER_PRESETS
+    from arvision.train.generator import encode_dataset
+
+    root = tmp_path_factory.mktemp("kl")
+    p = TOKENIZER_PRESETS["tiny-kl"]
+    torch.manual_seed(0)
+    path = p.model_class(p.config).save_pretrained(root / "tok")
+    tokens, _, _ = encode_dataset(p.model_class.from_pretrained(path), "mnist", root / "tokens", progress=False,
+                                  tokenizer_id=_sha256(path / "model.safetensors"))  # fmt: skip
+    assert tokens.dtype == torch.float32 and tokens.shape[1:] == (64, 4)
+    return path
+
+
+@pytest.mark.parametrize("preset", ["tiny-mar", "tiny-raster-continuous"])
+def test_continuous_training_resumes_exactly_and_samples(tmp_path, tiny_kl, preset) -> None:
+    import shutil
+
+    import arvision
+    from arvision.train.generator import TOKEN_CACHE, train_generator
+
+    def run(name: str, **kw):
+        out = tmp_path / name
+        if not out.exists():
+            out.mkdir()
+            shutil.copy(tiny_kl.parent / "tokens", out / TOKEN_CACHE)
+        return train_generator(out, preset=preset, tokenizer=str(tiny_kl), steps=6, batch_size=16, ema=0.9, progress=False, **kw)
+
+    result = run("straight")
+    assert result["final_loss"] == result["final_loss"]  # finite, not NaN
+    assert run("killed", stop_after=3) == {"stopped_at": 3}
+    train_generator(tmp_path / "killed", resume=True, progress=False)
+    a, b = arvision.load(tmp_path / "straight"), arvision.load(tmp_path / "killed")
+    for k, v in a.generator.state_dict().items():
+        assert torch.equal(v, b.generator.state_dict()[k]), k
+    out = a.sample([1, 2], 2, seed=0)
+    assert out.images.shape == (4, 1, 16, 16) and out.tokens.shape == (4, 64, 4) and out.tokens.dtype == torch.float32
+
+
+def test_continuous_and_discrete_parts_do_not_mix() -> None:
+    from test_generators import build
+
+    from arvision.pipeline import Pipeline
+
+    vq, raster = build("tiny-raster")
+    kl, mar = build("tiny-mar")
+    with pytest.raises(ValueError, match="needs a continuous tokenizer"):
+        Pipeline(vq, mar)
+    with pytest.raises(ValueError, match="needs a discrete tokenizer"):
+        Pipeline(kl, raster)
+    pipe = Pipeline(kl, mar)
+    with pytest.raises(ValueError, match="diffusion_steps must be a positive"):
+        pipe.sample([1], diffusion_steps=0)
+    with pytest.raises(ValueError, match="top_k=5: this model samples continuous tokens"):
+        pipe.sample([1], top_k=5)
+    with pytest.raises(ValueError, match="diffusion_steps=3: this model samples discrete tokens"):
+        Pipeline(vq, raster).sample([1], diffusion_steps=3)
+    _, cont = build("tiny-raster-continuous")
+    with pytest.raises(ValueError, match="use decoding='plain'"):
+        Pipeline(kl, cont).sample([1], decoding="sjd")
+    with pytest.raises(ValueError, match="NaN/inf"):
+        mar(torch.full((1, mar.num_tokens, 4), float("nan")), torch.tensor([1]), torch.ones(1, mar.num_tokens, dtype=torch.bool))
+
+
+@needs_fixture
+def test_convert_cli_round_trip_reproduces_official_images(tmp_path, fx, capsys) -> None:
+    """`arvision convert mar` -> a model directory whose pipeline gives the official run's latents and images."""
+    import arvision
+    from arvision.cli import main
+
+    out = tmp_path / "mar"
+    assert main(["convert", "mar", "--vae", str(FIXTURE / "vae_state.pth"), "--mar", str(FIXTURE / "mar_state.pth"),
+                 "--heads", "2,4", "--out", str(out)]) == 0  # fmt: skip
+    assert "4x4 token grid of continuous 16-d tokens" in capsys.readouterr().out
+    pipe = arvision.load(out)
+    assert pipe.tokenizer.config.image_size == 64 and pipe.defaults.cfg_schedule == "mar-linear"
+    run = fx["sampling"]["cfg_linear"]
+    got, _ = run_official(pipe.generator, run, torch.tensor([3, 7]))
+    close(got.tokens, run["tokens"])
+    with torch.no_grad():
+        close(pipe.tokenizer.decode(got.tokens), run["images"])  # latent = tokens / 0.2325, decoded (no clamp)
+
+
+@needs_fixture
+def test_bad_mar_files_are_clear_errors(tmp_path) -> None:
+    from arvision.convert import from_mar
+    from arvision.errors import ModelFileError
+
+    vae, mar = FIXTURE / "vae_state.pth", FIXTURE / "mar_state.pth"
+    with pytest.raises(ValueError, match="pass heads="):
+        from_mar(vae, mar)  # widths 40/32 are not an official size
+    with pytest.raises(ModelFileError, match="MAR transformer checkpoint"):
+        from_mar(mar, mar, heads=(2, 4))
+    with pytest.raises(ModelFileError, match="does not look like a MAR checkpoint|no entry"):
+        from_mar(vae, vae, heads=(2, 4))
+    truncated = tmp_path / "cut.pth"
+    truncated.write_bytes(mar.read_bytes()[:5000])
+    with pytest.raises(ModelFileError):
+        from_mar(vae, truncated, heads=(2, 4))
+    with pytest.raises(ModelFileError):
+        from_mar(vae, tmp_path / "missing.pth", heads=(2, 4))
+    # a MAR whose tokens are wider than this VAE's latents: trained with another VAE
+    state = torch.load(mar, weights_only=True)
+    ema = state["model_ema"]
+    ema["z_proj.weight"] = torch.cat([ema["z_proj.weight"]] * 2, 1)
+    ema["diffloss.net.input_proj.weight"] = torch.cat([ema["diffloss.net.input_proj.weight"]] * 2, 1)
+    ema["diffloss.net.final_layer.linear.weight"] = torch.cat([ema["diffloss.net.final_layer.linear.weight"]] * 2, 0)
+    ema["diffloss.net.final_layer.linear.bias"] = torch.cat([ema["diffloss.net.final_layer.linear.bias"]] * 2, 0)
+    torch.save({"model_ema": ema}, tmp_path / "wide.pth")
+    with pytest.raises(ValueError, match="trained with another VAE"):
+        from_mar(vae, tmp_path / "wide.pth", heads=(2, 4))

@@ -1,4 +1,4 @@
-"""``arvision convert var|llamagen``: official checkpoints -> an arvision model directory."""
+"""``arvision convert var|llamagen|mar``: official checkpoints -> an arvision model directory."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from arvision.pipeline import Pipeline
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("convert", help="convert official VAR / LlamaGen checkpoints into an arvision model directory",
+    p = sub.add_parser("convert", help="convert official VAR / LlamaGen / MAR checkpoints into an arvision model directory",
                        description="Read official checkpoint files (locally, without running pickled code), infer the "
                        "architecture from the tensors and write a directory that arvision.load opens. See docs/convert.md.")  # fmt: skip
     kinds = p.add_subparsers(dest="source", metavar="SOURCE", required=True)
@@ -34,6 +34,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--heads", type=int, help="attention heads (inferred for the official sizes)")
     _common(g)
     g.set_defaults(func=run_llamagen)
+
+    m = kinds.add_parser("mar", help="MAR: the KL-16 VAE (kl16.ckpt) + a MAR checkpoint (mar_base/large/huge checkpoint-last.pth)")
+    m.add_argument("--vae", required=True, metavar="FILE", help="official KL VAE file (kl16.ckpt)")
+    m.add_argument("--mar", required=True, metavar="FILE", help="official MAR file ({'model', 'model_ema'}, checkpoint-last.pth)")
+    m.add_argument("--heads", type=_int_list, metavar="E,D", help="attention heads of the encoder and decoder (inferred for the official sizes)")
+    m.add_argument("--image-size", type=int, help="output side in pixels (default: token grid x VAE downsampling)")
+    m.add_argument("--no-ema", dest="ema", action="store_false", help="take the 'model' weights instead of 'model_ema' (what MAR samples with)")
+    m.add_argument("--out", required=True, metavar="DIR", help="output model directory")
+    m.add_argument("--overwrite", action="store_true", help="replace an existing model in --out")
+    m.set_defaults(func=run_mar)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -75,6 +85,17 @@ def run_llamagen(args: argparse.Namespace) -> int:
     return _save(pipe, out, t0)
 
 
+def run_mar(args: argparse.Namespace) -> int:
+    from arvision.convert import from_mar
+
+    out = _check_out(args)
+    if args.heads is not None and len(args.heads) != 2:
+        raise ValueError(f"--heads takes two numbers, the encoder's and the decoder's heads (e.g. 16,16), got {args.heads}")
+    t0 = time.perf_counter()
+    pipe = from_mar(args.vae, args.mar, ema=args.ema, heads=args.heads, image_size=args.image_size)
+    return _save(pipe, out, t0)
+
+
 def describe(pipe: Pipeline) -> list[tuple[str, str]]:
     """(field, value) rows of a converted pipeline's architecture and default sampling."""
     g, tok = pipe.generator, pipe.tokenizer
@@ -83,18 +104,24 @@ def describe(pipe: Pipeline) -> list[tuple[str, str]]:
         ("generator", f"{g.order}: depth {t.depth}, width {t.width}, heads {t.num_heads} (head dim {t.head_dim}), "
                       f"{t.conditioning} conditioning{', shared AdaLN' if t.shared_adaln else ''}, {t.attention} attention"),
         ("classes", f"{g.config.num_classes} (+ null class {g.null_class})"),
-        ("vocabulary", f"{g.config.vocab_size}"),
+        ("tokens", tok.layout.describe()),
     ]  # fmt: skip
+    if hasattr(g.config, "decoder"):
+        d = g.config.decoder
+        rows.insert(1, ("decoder", f"depth {d.depth}, width {d.width}, heads {d.num_heads}; diffusion head "
+                                   f"{g.config.head.depth} blocks x {g.config.head.width}"))  # fmt: skip
     if hasattr(g.config, "patch_nums"):
         rows.append(("scales", f"{g.config.patch_nums} ({g.num_tokens} tokens)"))
     else:
         rows.append(("token grid", f"{g.config.grid_size}x{g.config.grid_size} ({g.num_tokens} tokens)"))
     rows += [
         ("tokenizer", f"{tok.model_type}: ch {tc.ch}, ch_mult {tc.ch_mult}, {tc.num_res_blocks} res blocks, z {tc.z_channels}, "
-                      f"codebook {tc.codebook_size} x {tc.codebook_dim}, downsample {tc.downsample}"),
+                      + (f"codebook {tc.codebook_size} x {tc.codebook_dim}" if tc.codebook_size else f"{tok.layout.code_dim}-d latents")
+                      + f", downsample {tc.downsample}"),
         ("image size", f"{tc.image_size} px"),
         ("parameters", f"generator {g.num_parameters():,}, tokenizer {tok.num_parameters():,}"),
-        ("default sampling", f"cfg {s.cfg} ({s.cfg_schedule}), top_k {s.top_k}, top_p {s.top_p}, temperature {s.temperature}"),
+        ("default sampling", f"cfg {s.cfg} ({s.cfg_schedule}), top_k {s.top_k}, top_p {s.top_p}, temperature {s.temperature}"
+                             + (f", {s.num_steps} steps" if s.num_steps else "") + (f", {s.diffusion_steps} diffusion steps" if s.diffusion_steps else "")),
     ]  # fmt: skip
     return rows
 

@@ -26,14 +26,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
     """The sampling options every sampling command takes (defaults: the model's own)."""
     p.add_argument("--cfg", type=float, help="guidance strength (default: the model's; see --cfg-schedule)")
-    p.add_argument("--cfg-schedule", choices=["constant", "linear"], help="constant (LlamaGen) or linear ramp (VAR)")
+    p.add_argument("--cfg-schedule", choices=["constant", "linear", "mar-linear"],
+                   help="constant (LlamaGen), linear ramp (VAR) or MAR's ramp with the share of decided tokens")
     p.add_argument("--cfg-interval", type=int, help="guide only the first steps (LlamaGen's cfg_interval; -1 = all)")
     p.add_argument("--temperature", type=float)
     p.add_argument("--top-k", type=int, help="0 = off, 1 = greedy")
     p.add_argument("--top-p", type=float, help="0 or 1 = off")
     p.add_argument("--steps", type=int, dest="num_steps",
-                   help="decoding steps where the order lets you choose (masked: whole grid, default 8; "
+                   help="decoding steps where the order lets you choose (masked, MAR: whole grid, default 8; "
                         "markov-scale: refinement steps per scale, default 1)")  # fmt: skip
+    p.add_argument("--diffusion-steps", type=int, help="continuous tokens (MAR): denoising steps per token (default: the model's)")
     p.add_argument("--choice-temperature", type=float, help="Gumbel noise on masked-step confidences (default 4.5)")
     p.add_argument("--decoding", choices=["plain", "sjd", "speculative", "lantern"],
                    help="next-token order: speculative Jacobi decoding, a draft model (--draft) or LANTERN's relaxed acceptance")
@@ -53,7 +55,7 @@ def sampling_kwargs(args: argparse.Namespace) -> dict:
             "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "num_steps": args.num_steps,
             "choice_temperature": args.choice_temperature, "decoding": args.decoding, "window": args.window,
             "jacobi_init": args.jacobi_init, "draft_scales": args.draft_scales, "depth_schedule": args.depth_schedule,
-            "lantern_k": args.lantern_k, "lantern_delta": args.lantern_delta}  # fmt: skip
+            "lantern_k": args.lantern_k, "lantern_delta": args.lantern_delta, "diffusion_steps": args.diffusion_steps}  # fmt: skip
 
 
 def model_kwargs(args: argparse.Namespace) -> dict:

@@ -109,19 +109,18 @@ def from_mar(vae: str | os.PathLike, mar: str | os.PathLike, *, ema: bool = True
     """
     state = read_checkpoint(mar, what=_MAR, key="model_ema" if ema else "model")
     config = infer_mar(state, heads=heads, source=str(mar))
-    tokenizer = load_mar_vae(vae, image_size=image_size or config.grid_size * _downsample(vae, state, mar))
+    tokenizer = load_mar_vae(vae, **({"image_size": image_size} if image_size else {}))
+    if image_size is None and tokenizer.layout.side != config.grid_size:  # e.g. MAR at 512 px: size the VAE to its grid
+        tokenizer = load_mar_vae(vae, image_size=config.grid_size * tokenizer.config.downsample)
     if tokenizer.layout.code_dim != config.token_dim:
         raise ValueError(f"{mar} reads {config.token_dim}-channel tokens but the VAE {vae} gives {tokenizer.layout.code_dim}: "
                          "this MAR model was trained with another VAE (MAR with patch size > 1 is not supported)")  # fmt: skip
     if tokenizer.layout.side != config.grid_size:
         raise ValueError(f"{mar} works on a {config.grid_size}x{config.grid_size} token grid but the VAE {vae} gives "
                          f"{tokenizer.layout.describe()} at image size {tokenizer.config.image_size}; pass image_size")  # fmt: skip
-    return Pipeline(tokenizer, build_mar(state, config, str(mar)))
-
-
-def _downsample(vae: str | os.PathLike, mar_state_: dict[str, Tensor], mar: str | os.PathLike) -> int:
-    """The VAE's downsampling factor (2^(levels - 1)), read from its encoder levels."""
-    vstate = read_checkpoint(vae, what="the MAR KL VAE (kl16.ckpt)")
-    if "z_proj.weight" in vstate:
-        raise ModelFileError(f"{vae} is a MAR transformer checkpoint, not the VAE: pass the KL VAE (kl16.ckpt) as the VAE")
-    return 2 ** (count_indexed(vstate, "encoder.down") - 1)
+    generator = build_mar(state, config, str(mar))
+    generator.info = {"description": f"MAR ({config.transformer.depth}+{config.decoder.depth} blocks, width {config.transformer.width}) "
+                                     "converted from the official checkpoint",
+                      "source": {"format": "LTH14/mar", "vae": os.path.basename(vae), "mar": os.path.basename(mar),
+                                 "weights": "model_ema" if ema else "model"}}  # fmt: skip
+    return Pipeline(tokenizer, generator)

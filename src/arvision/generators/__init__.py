@@ -2,6 +2,7 @@
 
 from arvision.generators.base import Generator, GeneratorConfig, GridConfig, GridGenerator
 from arvision.generators.parts import CategoricalHead, ClassCondition
+from arvision.generators.continuous import ContinuousNextTokenConfig, ContinuousNextTokenGenerator
 from arvision.generators.diffusion import DiffusionHead, DiffusionHeadConfig
 from arvision.generators.mar import MarConfig, MarGenerator
 from arvision.generators.markov_scale import MarkovScaleConfig, MarkovScaleGenerator
@@ -9,10 +10,12 @@ from arvision.generators.masked import MaskedConfig, MaskedGenerator
 from arvision.generators.neighbor import NeighborConfig, NeighborGenerator
 from arvision.generators.next_scale import NextScaleConfig, NextScaleGenerator
 from arvision.generators.next_token import NextTokenConfig, NextTokenGenerator, rope_2d_table
+from arvision.generators.tokenbridge import ChannelARHead, ChannelHeadConfig, TokenBridgeGenConfig, TokenBridgeGenerator
 from arvision.samplers.config import SamplingConfig
 
 __all__ = [
-    "CategoricalHead", "ClassCondition", "DiffusionHead", "DiffusionHeadConfig", "Generator", "MarConfig", "MarGenerator", "GeneratorConfig", "GridConfig", "GridGenerator", "MarkovScaleConfig", "MarkovScaleGenerator", "MaskedConfig", "MaskedGenerator",
+    "CategoricalHead", "ClassCondition", "ContinuousNextTokenConfig", "ContinuousNextTokenGenerator", "DiffusionHead", "DiffusionHeadConfig", "Generator", "MarConfig", "MarGenerator", "GeneratorConfig", "GridConfig", "GridGenerator", "MarkovScaleConfig", "MarkovScaleGenerator", "MaskedConfig", "MaskedGenerator",
     "NeighborConfig", "NeighborGenerator", "NextScaleConfig", "NextScaleGenerator", "NextTokenConfig",
-    "NextTokenGenerator", "SamplingConfig", "rope_2d_table",
+    "NextTokenGenerator", "SamplingConfig", "rope_2d_table", "ChannelARHead", "ChannelHeadConfig", "TokenBridgeGenConfig",
+    "TokenBridgeGenerator",
 ]  # fmt: skip

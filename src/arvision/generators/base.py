@@ -88,7 +88,11 @@ class Generator(PretrainedModel):
         t = config.transformer
         self.class_emb = ClassCondition(config.num_classes, t.width)
         self.transformer = Transformer(t)
-        self.head = CategoricalHead(t.width, config.vocab_size, bias=config.head_bias)
+        self.head = self.build_head()
+
+    def build_head(self) -> nn.Module:
+        """The head part (categorical logits over the codebook; a diffusion head for continuous tokens)."""
+        return CategoricalHead(self.config.transformer.width, self.config.vocab_size, bias=self.config.head_bias)
 
     @property
     def order(self) -> str:
@@ -157,14 +161,18 @@ class Generator(PretrainedModel):
         """Truncated-normal init; zero biases; small head; AdaLN gates near zero (VAR's recipe)."""
         C = self.config.transformer.width
         std = self.config.init_std if self.config.init_std > 0 else math.sqrt(1 / C / 3)
-        for m in self.modules():
+        categorical = isinstance(self.head, CategoricalHead)  # other heads initialise themselves
+        for name, m in self.named_modules():
+            if not categorical and name.startswith("head"):
+                continue
             if isinstance(m, (nn.Linear, nn.Embedding)):
                 nn.init.trunc_normal_(m.weight, std=std)
                 if getattr(m, "bias", None) is not None:
                     nn.init.zeros_(m.bias)
         depth = self.config.transformer.depth
         with torch.no_grad():
-            self.head.weight.mul_(0.02)
+            if categorical:
+                self.head.weight.mul_(0.02)
             for block in self.transformer.blocks:
                 block.attn.proj.weight.div_(math.sqrt(2 * depth))
                 out = block.mlp.w2 if block.mlp.swiglu else block.mlp.fc2

@@ -360,6 +360,11 @@ class DiffusionHead(nn.Module):
 
     # -- the decoding loop's head protocol (arvision.samplers.order.Head) --
 
+    def forward(self, z_BTC: Tensor) -> Tensor:
+        """What a decoding step hands the sampler: the backbone vectors themselves (the tokens are
+        drawn from them in :meth:`sample`; training uses :meth:`loss`)."""
+        return z_BTC
+
     def guide(self, cond_BTC: Tensor, uncond_BTC: Tensor, weight: float, schedule: str) -> GuidedRows:
         """Defer guidance to the diffusion steps; "linear" (VAR's (1+w) cond - w uncond) is weight 1 + w."""
         return GuidedRows(cond_BTC, uncond_BTC, 1 + weight if schedule == "linear" else weight)

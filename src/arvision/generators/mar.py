@@ -140,16 +140,6 @@ class MarOrder(Order):
         left = [max(int(m), 1) for m in mar_mask_lengths(L, S)]
         return [Step(t, t, 0, L, sub=t, subs=S, progress=(L - left[t]) / L) for t in range(S)]
 
-    def start(self, batch_size: int, prior_BL: Tensor | None, known_BL: Tensor | None, device: torch.device) -> DecodeState:
-        g = self.generator
-        L = g.num_tokens
-        if known_BL is None:
-            known_BL = torch.zeros(batch_size, L, dtype=torch.bool, device=device)
-        tokens = torch.zeros(batch_size, L, g.config.token_dim, device=device)
-        if prior_BL is not None:
-            tokens = torch.where(known_BL.unsqueeze(-1), prior_BL.to(device, tokens.dtype), tokens)
-        return DecodeState(tokens_BL=tokens, known_BL=known_BL, open_BL=~known_BL)
-
     def update(self, state: DecodeState, step: Step, out: Tensor | GuidedRows, sampler: Sampler) -> None:
         B, L = state.open_BL.shape
         if step.sub == 0:

@@ -88,7 +88,7 @@ class NextTokenGenerator(GridGenerator):
     def __init__(self, config: NextTokenConfig) -> None:
         super().__init__(config)
         C = config.transformer.width
-        self.tok_embeddings = nn.Embedding(config.vocab_size, C)
+        self.tok_embeddings = self.build_token_embedding()
         if config.positions == "learned":
             self.pos_embed = nn.Parameter(torch.zeros(1, self.num_tokens, C))
         else:
@@ -97,6 +97,10 @@ class NextTokenGenerator(GridGenerator):
         self.init_weights()
         if config.positions == "learned":
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
+
+    def build_token_embedding(self) -> nn.Module:
+        """Token -> input vector (an embedding table over the codebook)."""
+        return nn.Embedding(self.config.vocab_size, self.config.transformer.width)
 
     def _embed(self, cond_BC: Tensor, tokens_BT: Tensor | None, start: int) -> Tensor:
         """Input embeddings of sequence positions [start, start + T); position 0 is the class token."""
@@ -116,12 +120,15 @@ class NextTokenGenerator(GridGenerator):
     def _adaln(self, cond_BC: Tensor) -> Tensor | None:
         return cond_BC if self.config.transformer.conditioning == "adaln" else None
 
-    def forward(self, tokens_BL: Tensor, labels_B: Tensor) -> Tensor:
-        """Teacher-forced logits (B, L, V): position p sees the class and tokens < p."""
+    def hidden(self, tokens_BL: Tensor, labels_B: Tensor) -> Tensor:
+        """Teacher-forced backbone outputs (B, L, C): position p sees the class and tokens < p."""
         cond = self.class_emb(labels_B)
         x = self._embed(cond, tokens_BL[:, :-1], 0)
-        h = self.transformer(x, cond_BD=self._adaln(cond), is_causal=True, rope=self._rope(0, x.shape[1]))
-        return self.head(h)
+        return self.transformer(x, cond_BD=self._adaln(cond), is_causal=True, rope=self._rope(0, x.shape[1]))
+
+    def forward(self, tokens_BL: Tensor, labels_B: Tensor) -> Tensor:
+        """Teacher-forced logits (B, L, V): position p sees the class and tokens < p."""
+        return self.head(self.hidden(tokens_BL, labels_B))
 
     def step(self, state: DecodeState, step: Step, cond_RD: Tensor, cache: KVCache | None) -> Tensor:
         """Positions [start, end): the class token at 0, token p - 1 at position p; position p predicts token p.

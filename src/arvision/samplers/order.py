@@ -191,10 +191,12 @@ class Order:
         fill = getattr(self.generator, "mask_id", 0)  # open tokens: the mask id where the model has one
         if known_BL is None:
             known_BL = torch.zeros(batch_size, L, dtype=torch.bool, device=device)
-        per_token = tuple(getattr(self.generator, "token_channels", ()))  # (D,) for one id per channel (TokenBridge)
-        tokens = torch.full((batch_size, L, *per_token), fill, dtype=torch.long, device=device)
+        kind = getattr(self.generator, "token_kind", "ids")
+        per_token = () if kind == "ids" else (self.generator.config.token_dim,)  # vectors / one id per channel: (B, L, D)
+        dtype = torch.float32 if kind == "vectors" else torch.long
+        tokens = torch.full((batch_size, L, *per_token), fill, dtype=dtype, device=device)
         if prior_BL is not None:
-            tokens = torch.where(known_BL.view(batch_size, L, *[1] * len(per_token)), prior_BL.to(device).long(), tokens)
+            tokens = torch.where(known_BL.view(batch_size, L, *[1] * len(per_token)), prior_BL.to(device, dtype), tokens)
         return DecodeState(tokens_BL=tokens, known_BL=known_BL, open_BL=~known_BL)
 
     def update(self, state: DecodeState, step: Step, logits_BTV: Tensor, sampler: Sampler) -> None:

@@ -217,6 +217,9 @@ def speculative_decode(generator, tokenizer, labels_B: Tensor, s: SamplingConfig
 
 def check_speculative(generator, tokenizer, s: SamplingConfig, draft) -> None:
     """Clear errors for a draft model that cannot serve this generator and for missing pieces."""
+    if getattr(generator, "token_kind", "ids") != "ids":
+        raise ValueError(f"decoding={s.decoding!r} verifies drafts against categorical probabilities, but this model generates "
+                         f"{generator.token_kind} tokens: use decoding='plain'")  # fmt: skip
     if s.decoding == "speculative" and draft is None:
         raise ValueError("decoding='speculative' needs a draft model: pass draft=... (e.g. mnist-raster-draft), or use decoding='sjd'")
     if s.decoding == "sjd" and draft is not None:
