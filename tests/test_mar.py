@@ -251,3 +251,32 @@ def test_bad_mar_files_are_clear_errors(tmp_path) -> None:
     torch.save({"model_ema": ema}, tmp_path / "wide.pth")
     with pytest.raises(ValueError, match="trained with another VAE"):
         from_mar(vae, tmp_path / "wide.pth", heads=(2, 4))
+
+
+@pytest.mark.parametrize("size, depth, width, heads, head_depth, head_width, millions", [
+    ("MAR-B", 12, 768, 12, 6, 1024, 208), ("MAR-L", 16, 1024, 16, 8, 1280, 479), ("MAR-H", 20, 1280, 16, 12, 1536, 943),
+])  # fmt: skip
+def test_official_sizes_on_the_meta_device(size, depth, width, heads, head_depth, head_width, millions) -> None:
+    """The released MAR sizes (paper: 208 M, 479 M, 943 M parameters) build from their tensors' shapes
+    alone, without allocating memory: official names -> inferred config -> the same model."""
+    from arvision.convert.mar import MAR_HEADS
+    from arvision.generators.diffusion import DiffusionHeadConfig
+    from arvision.generators.mar import MarConfig, MarGenerator, mar_backbone
+
+    cfg = MarConfig(transformer=mar_backbone(depth, width, heads), decoder=mar_backbone(depth, width, heads), num_classes=1000,
+                    grid_size=16, token_dim=16, buffer_size=64,
+                    head=DiffusionHeadConfig(token_dim=16, cond_dim=width, width=head_width, depth=head_depth))  # fmt: skip
+    with torch.device("meta"):
+        model = MarGenerator(cfg)
+    assert round(model.num_parameters() / 1e6) == pytest.approx(millions, abs=2), size
+    official = {}  # arvision names -> the official ones (the inverse of convert.mar.mar_state)
+    for k, v in model.state_dict().items():
+        for ours, theirs in (("encoder.blocks.", "encoder_blocks."), ("decoder.blocks.", "decoder_blocks."),
+                             ("encoder.norm.", "encoder_norm."), ("decoder.norm.", "decoder_norm."), ("head.", "diffloss.")):  # fmt: skip
+            if k.startswith(ours):
+                k = theirs + k[len(ours):]
+        official[k] = v
+    official["fake_latent"], official["class_emb.weight"] = official["class_emb.weight"][-1:], official["class_emb.weight"][:-1]
+    inferred = infer_mar(official)
+    assert MAR_HEADS[width] == heads
+    assert inferred.to_dict() == cfg.replace(sampling=inferred.sampling).to_dict()

@@ -40,12 +40,17 @@ def evaluate_tokenizer(
 
     PSNR and SSIM are means of per-image values on images mapped to [0, 1]; ``codebook_usage`` is
     the percentage of codes used at least once over the whole set; ``code_perplexity`` is
-    exp(entropy) of the code frequencies. With ``features``, ``rfid`` is the FID between the
-    reconstructions and the originals under that network.
+    exp(entropy) of the code frequencies. A tokenizer with continuous tokens has no codebook:
+    instead ``token_std`` is the standard deviation of all token values and ``token_std_min`` /
+    ``token_std_max`` the smallest and largest per-channel one (a generator wants them near 1).
+    With ``features``, ``rfid`` is the FID between the reconstructions and the originals under
+    that network.
     """
     if limit is not None:
         dataset = Subset(dataset, range(min(limit, len(dataset))))
-    recon, codes = ReconstructionMeter(), CodebookStats(tokenizer.codebook_size)
+    continuous = tokenizer.layout.continuous
+    recon = ReconstructionMeter()
+    codes = _TokenStats() if continuous else CodebookStats(tokenizer.codebook_size)
     real_stats = fake_stats = None
     if features is not None:
         real_stats, fake_stats = FeatureStats(features.dim), FeatureStats(features.dim)
@@ -67,6 +72,25 @@ def evaluate_tokenizer(
     if features is not None:
         out[f"rfid_{features.name}"] = frechet_distance(fake_stats, real_stats)
     return out
+
+
+class _TokenStats:
+    """Per-channel mean/std of continuous tokens (B, L, D), accumulated in float64."""
+
+    def __init__(self) -> None:
+        self.n, self.sum, self.sumsq = 0, 0.0, 0.0
+
+    def update(self, tokens_BLD: torch.Tensor) -> None:
+        t = tokens_BLD.detach().reshape(-1, tokens_BLD.shape[-1]).double().cpu()
+        self.n += t.shape[0]
+        self.sum, self.sumsq = self.sum + t.sum(0), self.sumsq + t.square().sum(0)
+
+    def as_dict(self) -> dict[str, float]:
+        mean = self.sum / self.n
+        var = (self.sumsq / self.n - mean.square()).clamp_min(0)  # per channel
+        total = (self.sumsq.sum() / self.n / len(mean) - mean.mean() ** 2).clamp_min(0)
+        std = var.sqrt()
+        return {"token_std": total.sqrt().item(), "token_std_min": std.min().item(), "token_std_max": std.max().item()}
 
 
 def ordered_batches(dataset: Dataset, batch_size: int) -> Iterator[torch.Tensor]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from arvision.samplers.config import SamplingConfig
+
 import argparse
 import json
 from pathlib import Path
@@ -59,13 +61,15 @@ def run_info(args: argparse.Namespace) -> int:
                          f"{t.attention} attention, {t.norm}, {t.mlp}"),  # fmt: skip
             ("classes", f"{cfg.num_classes} (null class {model.null_class} for guidance)"),
             ("tokenizer", f"{tok.model_type}: {tok.info.get('description', '')}"),
-            ("sampling", ", ".join(f"{k}={v}" for k, v in cfg.sampling.to_dict().items())),
+            ("sampling", ", ".join(f"{k}={v}" for k, v in cfg.sampling.to_dict().items()
+                                   if k in ("cfg", "cfg_schedule") or v != SamplingConfig().to_dict()[k])),
         ]
     elif hasattr(model, "num_tokens"):
         c = cfg
         rows += [
             ("images", f"{c.image_size}x{c.image_size}, {c.in_channels} channel(s), values in [-1, 1]"),
-            ("tokens", f"{model.num_tokens} per image, codebook {c.codebook_size} x {c.codebook_dim}"),
+            ("tokens", f"{model.num_tokens} per image: {model.layout.describe()}"
+                       + (f", codebook {c.codebook_size} x {c.codebook_dim}" if c.codebook_size else "")),
         ]
         if hasattr(c, "patch_nums"):
             rows.append(("scales", ", ".join(f"{p}x{p}" for p in c.patch_nums)))

@@ -1,13 +1,15 @@
-"""Image tokenizers: images in [-1, 1] <-> int64 token ids."""
+"""Image tokenizers: images in [-1, 1] <-> int64 token ids (or continuous tokens, KL)."""
 
 from arvision.tokenizers.base import AutoencoderConfig, Tokenizer, TokenizerOutput
+from arvision.tokenizers.kl import KLConfig, KLTokenizer
 from arvision.tokenizers.layout import TokenLayout
 from arvision.tokenizers.multiscale import MultiScaleVQConfig, MultiScaleVQTokenizer
 from arvision.tokenizers.quantizers import MultiScaleQuantizer, QuantizerOutput, VectorQuantizer, phi_index_table
+from arvision.tokenizers.tokenbridge import TokenBridgeConfig, TokenBridgeTokenizer, fit_tokenbridge
 from arvision.tokenizers.vq import VQConfig, VQTokenizer
 
 __all__ = [
-    "AutoencoderConfig", "MultiScaleQuantizer", "MultiScaleVQConfig", "MultiScaleVQTokenizer",
+    "AutoencoderConfig", "KLConfig", "KLTokenizer", "MultiScaleQuantizer", "MultiScaleVQConfig", "MultiScaleVQTokenizer",
     "QuantizerOutput", "TokenLayout", "Tokenizer", "TokenizerOutput", "VQConfig", "VQTokenizer",
-    "VectorQuantizer", "phi_index_table",
+    "VectorQuantizer", "phi_index_table", "TokenBridgeConfig", "TokenBridgeTokenizer", "fit_tokenbridge",
 ]  # fmt: skip

@@ -66,10 +66,14 @@ class AutoencoderConfig(Config):
                 raise ValueError(f"norm_groups={self.norm_groups} must divide every width ch*ch_mult, but not {width}")
         if self.image_size % self.downsample:
             raise ValueError(f"image_size {self.image_size} must be a multiple of the downsampling factor {self.downsample}")
-        if self.codebook_size < 2 or self.codebook_dim < 1:
-            raise ValueError("codebook_size must be >= 2 and codebook_dim >= 1")
         if self.quant_conv_kernel % 2 == 0:
             raise ValueError(f"quant_conv_kernel must be odd, got {self.quant_conv_kernel}")
+        self.check_bottleneck()
+
+    def check_bottleneck(self) -> None:
+        """Validate the fields between encoder and decoder (a codebook here; KLConfig overrides it)."""
+        if self.codebook_size < 2 or self.codebook_dim < 1:
+            raise ValueError("codebook_size must be >= 2 and codebook_dim >= 1")
 
     @property
     def downsample(self) -> int:

@@ -3,7 +3,14 @@
 ``train_tokenizer`` is what ``arvision train tokenizer`` runs. It writes into ``out_dir``:
 ``checkpoint.pt`` every ``ckpt_every`` steps (and on Ctrl-C), then at the end the model
 (``config.json`` + ``model.safetensors``, with a model card) and ``metrics.json`` (held-out PSNR,
-SSIM, codebook usage, perplexity). ``resume=True`` continues bit-exactly from the checkpoint.
+SSIM, and codebook usage and perplexity, or token statistics for continuous tokens).
+``resume=True`` continues bit-exactly from the checkpoint.
+
+A tokenizer with continuous tokens (the KL autoencoder) has no codebook: its ``quant_loss`` is
+the weighted KL, its posterior samples come from a checkpointed generator, and there are no
+restarts or usage counts. A post-training tokenizer (one with a ``fit`` method: TokenBridge) takes
+no gradient steps: it is fitted on the training images (on the weights of ``train.base``), then
+evaluated and saved like the others.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from arvision.data import get_dataset, split_dataset
-from arvision.evaluate import evaluate_tokenizer
+from arvision.evaluate import evaluate_tokenizer, ordered_batches
 from arvision.modeling import _REGISTRY
 from arvision.presets import TokenizerTrainConfig, get_tokenizer_preset
 from arvision.tokenizers import Tokenizer
@@ -79,17 +86,27 @@ def train_tokenizer(
     torch.manual_seed(tc.seed)  # model init only; everything after uses explicit generators
     model: Tokenizer = cls(cls.config_class.from_dict(run["model"]))
     mc = model.config
+    continuous = model.layout.continuous  # no codebook: no usage counting, no restarts
 
     train_set, heldout = _datasets(run["data"], mc.image_size, mc.in_channels, tc)
+    if hasattr(model, "fit"):  # post-training quantization (TokenBridge): fitted on the data, no gradient steps
+        t0 = time.time()
+        model.to(device).fit(ordered_batches(train_set, 512), base=tc.base)
+        run["seconds"] = time.time() - t0
+        training = {"command": run["command"], "data": run["data"], "fitted_on": tc.base or "the preset's own KL weights"}
+        return _finish(model, run, heldout, out, training, eval_limit=eval_limit, progress=progress)
     opt = make_adamw(model, tc, no_decay=lambda name, p: p.ndim < 2 or "embedding" in name)
     restart_rng = torch.Generator().manual_seed(tc.seed + 1)
-    window_counts = torch.zeros(mc.codebook_size, dtype=torch.long)
+    noise_rng = torch.Generator(device=device).manual_seed(tc.seed + 2)  # posterior samples (continuous tokens)
+    window_counts = torch.zeros(max(mc.codebook_size, 1), dtype=torch.long)
     start = 0
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         restart_rng.set_state(ckpt["restart_rng"])
         window_counts = ckpt["window_counts"]
+        if "noise_rng" in ckpt:
+            noise_rng.set_state(ckpt["noise_rng"])
         start = int(ckpt["step"])
     # channels_last makes the CPU (oneDNN) convolutions ~1.35x faster here; the results are the same.
     model.to(device, memory_format=torch.channels_last).train()
@@ -98,7 +115,7 @@ def train_tokenizer(
     def checkpoint(step: int) -> None:
         save_checkpoint(ckpt_path, {
             "run": run, "step": step, "model": model.state_dict(), "optimizer": opt.state_dict(),
-            "restart_rng": restart_rng.get_state(), "window_counts": window_counts,
+            "restart_rng": restart_rng.get_state(), "window_counts": window_counts, "noise_rng": noise_rng.get_state(),
         })  # fmt: skip
 
     sampler = StepBatchSampler(len(train_set), tc.batch_size, seed=tc.seed, start_step=start, total_steps=tc.steps)
@@ -108,7 +125,7 @@ def train_tokenizer(
         for x, _ in batch_iterator(train_set, sampler, num_workers=tc.num_workers):
             set_lr(opt, step, tc)
             x = x.to(device).contiguous(memory_format=torch.channels_last)
-            o = model(x)
+            o = model(x, generator=noise_rng) if continuous else model(x)
             rec = F.mse_loss(o.recon, x)
             loss = rec + o.quant_loss
             if not torch.isfinite(loss):
@@ -118,9 +135,14 @@ def train_tokenizer(
             if tc.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
             opt.step()
-            window_counts += torch.bincount(o.indices.flatten().cpu(), minlength=mc.codebook_size)
             step += 1
-            if tc.restart_every and step % tc.restart_every == 0:
+            if continuous:
+                if step % 50 == 0:
+                    bar.set_postfix(loss=f"{loss.item():.4f}", psnr=f"{10 * math.log10(4 / max(rec.item(), 1e-12)):.1f}",
+                                    kl=f"{o.kl.item():.1f}", refresh=False)  # fmt: skip
+            else:
+                window_counts += torch.bincount(o.indices.flatten().cpu(), minlength=mc.codebook_size)
+            if not continuous and tc.restart_every and step % tc.restart_every == 0:
                 usage = (window_counts > 0).float().mean().item()
                 if step <= tc.restart_until * tc.steps:
                     restarted += model.quantize.restart_codes(window_counts == 0, o.candidates, restart_rng)
@@ -142,14 +164,20 @@ def train_tokenizer(
         print(f"\ninterrupted at step {step}; checkpoint saved. Continue with: arvision train tokenizer --resume --out {out}")
         raise
     bar.close()
+    training = {"command": run["command"], "data": run["data"], "steps": tc.steps, "batch_size": tc.batch_size, "lr": tc.lr}
+    return _finish(model, run, heldout, out, training, eval_limit=eval_limit, progress=progress)
 
+
+def _finish(model: Tokenizer, run: dict[str, Any], heldout, out: Path, training: dict[str, Any], *,
+            eval_limit: int | None, progress: bool) -> dict[str, Any]:  # fmt: skip
+    """Evaluate on the held-out data, then save the model (with its card) and ``metrics.json``."""
     metrics = evaluate_tokenizer(model.eval(), heldout, limit=eval_limit, progress=progress)
     metrics["train_seconds"] = round(run.get("seconds", 0.0), 1)
     info = {
+        **model.info,  # what the model recorded about itself (TokenBridge: the fitted ranges)
         "description": get_tokenizer_preset(run["preset"]).description if run.get("preset") else "",
         "preset": run.get("preset"),
-        "training": {"command": run["command"], "data": run["data"], "steps": tc.steps, "batch_size": tc.batch_size,
-                     "lr": tc.lr, "seconds": metrics["train_seconds"]},  # fmt: skip
+        "training": {**training, "seconds": metrics["train_seconds"]},
         "metrics": {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()},
         "eval_data": _heldout_name(run["data"]),
     }
