@@ -77,13 +77,15 @@ def main() -> None:
     ap.add_argument("--time-batch", type=int, default=100, help="batch size of the timing runs")
     ap.add_argument("--plot", default="bench-orders.png", help="PNG plot of MNIST-FID against ms/image")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--only", help="comma-separated models: score only their rows (e.g. mnist-mar,mnist-tokenbridge)")
     args = ap.parse_args()
+    rows_to_run = [r for r in ROWS if not args.only or r[1] in args.only.split(",")]
     torch.set_num_threads(2)
     runs = Path(args.runs)
     extractor = MnistFeatures()
     reference = load_reference("mnist:test", extractor, progress=False)
     models: dict[str, str | Path] = {}
-    for _, name, _ in ROWS:
+    for _, name, _ in rows_to_run:
         if name in models:
             continue
         if args.train_steps:
@@ -99,7 +101,7 @@ def main() -> None:
     # training speed measured here, one order at a time (the run's own figure depends on what else ran)
     train_speed = {name: measure_in_subprocess(name, 20)["rate"] for name in models}
     rows = []
-    for label, name, overrides in ROWS:
+    for label, name, overrides in rows_to_run:
         pipe = arvision.load(models[name])
         tag = name + "".join(f"-{k}{v}" for k, v in overrides.items())
         # shipped models: the same sample chunks as benchmarks/generator_quality.py (computed once, reused)

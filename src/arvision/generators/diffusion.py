@@ -34,7 +34,12 @@ class DiffusionHeadConfig(Config):
     """Args: token_dim: D; cond_dim: C; width, depth: the MLP (MAR's ``diffloss_w``/``diffloss_d``);
     train_steps: steps of the training process; noise_schedule: "cosine" (MAR) or "linear" (DDPM);
     sampling_steps: default respaced steps at sampling; batch_mul: times each row is repeated in the
-    loss, each copy with its own timestep and noise (MAR's ``diffusion_batch_mul``)."""
+    loss, each copy with its own timestep and noise (MAR's ``diffusion_batch_mul``); clip_xstart: at
+    sampling, clamp the predicted clean token to [-clip_xstart, clip_xstart] before each step's mean
+    (DDPM's ``clip_denoised`` for a known data range; 0 = off, as in MAR). MAR's cosine schedule ends
+    at alpha_bar ~ 2e-9, so the first denoising step multiplies the error of the predicted noise by
+    ~2e4: a model trained as long as MAR's predicts it precisely enough, a small one trained for
+    minutes does not, and the clamp keeps that error from swamping the sample."""
 
     token_dim: int
     cond_dim: int
@@ -44,6 +49,7 @@ class DiffusionHeadConfig(Config):
     noise_schedule: str = "cosine"
     sampling_steps: int = 100
     batch_mul: int = 4
+    clip_xstart: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("token_dim", "cond_dim", "width", "depth", "train_steps", "batch_mul"):
@@ -51,6 +57,8 @@ class DiffusionHeadConfig(Config):
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.noise_schedule not in NOISE_SCHEDULES:
             raise ValueError(f"noise_schedule must be one of {NOISE_SCHEDULES}, got {self.noise_schedule!r}")
+        if not self.clip_xstart >= 0:
+            raise ValueError(f"clip_xstart must be >= 0 (0 = off), got {self.clip_xstart}")
         if not 1 <= self.sampling_steps <= self.train_steps:
             raise ValueError(f"sampling_steps must be in 1..train_steps={self.train_steps}, got {self.sampling_steps}")
 
@@ -210,12 +218,15 @@ class DiffusionProcess:
     def q_sample(self, x0_ND: Tensor, t_N: Tensor, noise_ND: Tensor) -> Tensor:
         return self.at("sqrt_abar", t_N) * x0_ND + self.at("sqrt_1m_abar", t_N) * noise_ND
 
-    def p_mean_variance(self, out_N2D: Tensor, x_ND: Tensor, t_N: Tensor) -> dict[str, Tensor]:
-        """p(x_{t-1} | x_t) from the model output: eps mean, learned-range variance, no clipping."""
+    def p_mean_variance(self, out_N2D: Tensor, x_ND: Tensor, t_N: Tensor, clip: float = 0.0) -> dict[str, Tensor]:
+        """p(x_{t-1} | x_t) from the model output: eps mean, learned-range variance; the predicted
+        x_0 clamped to [-clip, clip] when ``clip`` > 0 (MAR: no clipping)."""
         eps_ND, v_ND = out_N2D.split(x_ND.shape[1], dim=1)
         frac = (v_ND + 1) / 2  # log variance between the posterior's (clipped) and beta's
         log_var = frac * self.at("log_beta", t_N) + (1 - frac) * self.at("post_log_var", t_N)
         x0 = self.at("sqrt_recip_abar", t_N) * x_ND - self.at("sqrt_recipm1_abar", t_N) * eps_ND
+        if clip > 0:
+            x0 = x0.clamp(-clip, clip)
         mean = self.at("coef_x0", t_N) * x0 + self.at("coef_xt", t_N) * x_ND
         return {"mean": mean, "variance": torch.exp(log_var), "log_variance": log_var, "pred_xstart": x0}
 
@@ -353,7 +364,7 @@ class DiffusionHead(nn.Module):
         x = torch.cat([x, x]) if cfg_weight is not None else x
         for i in reversed(range(steps)):
             t_N = torch.full((N,), i, dtype=torch.long, device=z.device)
-            p = proc.p_mean_variance(self.model_output(x, t_N, z, steps, cfg_weight), x, t_N)
+            p = proc.p_mean_variance(self.model_output(x, t_N, z, steps, cfg_weight), x, t_N, self.config.clip_xstart)
             noise = torch.randn(x.shape, generator=rng, dtype=x.dtype, device=x.device)  # drawn at t = 0 too
             x = p["mean"] + torch.exp(0.5 * p["log_variance"]) * noise * temperature if i > 0 else p["mean"]
         return x[:n]
