@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from arvision.convert.checkpoint import count_indexed, read_checkpoint, require
+from arvision.convert.checkpoint import encoder_levels, read_checkpoint, require
 from arvision.errors import ModelFileError
 from arvision.modeling import load_state_dict_checked
 from arvision.tokenizers.kl import KLConfig, KLTokenizer
@@ -66,18 +66,8 @@ def mar_vae_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
 def infer_mar_vae(state: dict[str, Tensor], *, image_size: int = 256, source: str = "the VAE") -> KLConfig:
     """The :class:`KLConfig` of an official MAR VAE state dict (official key names)."""
     _check_kind(state, source)
-    conv_in = require(state, "encoder.conv_in.weight", source, _WHAT)
-    ch, in_channels = int(conv_in.shape[0]), int(conv_in.shape[1])
-    levels = count_indexed(state, "encoder.down")
-    if levels == 0:
-        raise ModelFileError(f"{source} has no 'encoder.down.N' levels: it does not look like {_WHAT}")
-    num_res_blocks = count_indexed(state, "encoder.down.0.block")
-    ch_mult = []
-    for i in range(levels):
-        width = int(require(state, f"encoder.down.{i}.block.0.conv1.weight", source, _WHAT).shape[0])
-        if width % ch:
-            raise ModelFileError(f"{source}: encoder level {i} has width {width}, not a multiple of ch={ch}")
-        ch_mult.append(width // ch)
+    arch = encoder_levels(state, source, _WHAT)
+    in_channels, levels = arch["in_channels"], len(arch["ch_mult"])
     z_channels = int(require(state, "decoder.conv_in.weight", source, _WHAT).shape[1])
     enc_out = int(require(state, "encoder.conv_out.weight", source, _WHAT).shape[0])
     if enc_out != 2 * z_channels:
@@ -106,8 +96,7 @@ def infer_mar_vae(state: dict[str, Tensor], *, image_size: int = 256, source: st
                              "only; arvision's KL tokenizer has it in both or neither")  # fmt: skip
     try:
         return KLConfig(
-            image_size=image_size, in_channels=in_channels, ch=ch, ch_mult=tuple(ch_mult), num_res_blocks=num_res_blocks,
-            z_channels=z_channels, norm_groups=32, attn_lowest=bool(attn["encoder.down"]),
+            image_size=image_size, **arch, z_channels=z_channels, norm_groups=32, attn_lowest=bool(attn["encoder.down"]),
             decoder_attn_lowest=bool(attn["decoder.up"]), attn_mid=mid["encoder"],
             quant_conv_kernel=int(quant_conv.shape[-1]), embed_dim=embed_dim, scale_factor=MAR_LATENT_SCALE,
             clamp_output=False,

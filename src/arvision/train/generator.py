@@ -26,7 +26,7 @@ from arvision.evaluate import ordered_batches
 from arvision.generators import Generator
 from arvision.hub import load, resolve
 from arvision.modeling import _REGISTRY, _sha256
-from arvision.pipeline import Pipeline, same_weights
+from arvision.pipeline import TOKENIZER_DIR, Pipeline, same_weights
 from arvision.presets import GeneratorTrainConfig, get_generator_preset
 from arvision.tokenizers import Tokenizer
 from arvision import distributed as D
@@ -133,9 +133,12 @@ def train_generator(
         raise ValueError(f"batch size {tc.batch_size} must be divisible by the number of processes ({info.world_size})")
 
     tok = load(run["tokenizer"], device=device)
+    tok_dir = resolve(run["tokenizer"])
+    if isinstance(tok, Pipeline):  # a generator directory: train on its tokenizer (mnist-tokenbridge ships it only there)
+        tok, tok_dir = tok.tokenizer, tok_dir / TOKENIZER_DIR
     if not isinstance(tok, Tokenizer):
         raise ValueError(f"--tokenizer {run['tokenizer']} is not a tokenizer")
-    tok_id = _sha256(resolve(run["tokenizer"]) / "model.safetensors")
+    tok_id = _sha256(tok_dir / "model.safetensors")
     out.mkdir(parents=True, exist_ok=True)
     if info.is_main:  # rank 0 encodes and caches; the others then read the cache
         tokens_all, labels_all, num_classes = encode_dataset(tok, run["data"], out / TOKEN_CACHE, tokenizer_id=tok_id, progress=progress)
@@ -228,8 +231,9 @@ def train_generator(
     bar.close()
     final = ema_model if ema_model is not None else model
     result = {"steps": tc.steps, "seconds": round(run["seconds"], 1), "tokens_per_s": round(run.get("tokens_per_s", 0.0)),
-              "final_loss": round(last.get("loss", math.nan), 4), "final_token_accuracy": round(last.get("token_accuracy", math.nan), 4),
-              "processes": info.world_size}  # fmt: skip
+              "final_loss": round(last.get("loss", math.nan), 4), "processes": info.world_size}  # fmt: skip
+    if math.isfinite(last.get("token_accuracy", math.nan)):  # continuous tokens have none (and JSON has no NaN)
+        result["final_token_accuracy"] = round(last["token_accuracy"], 4)
     if info.is_main:
         gen_info = {
             "description": get_generator_preset(run["preset"]).description,
