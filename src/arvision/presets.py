@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from arvision.config import Config
-from arvision.tokenizers import MultiScaleVQConfig, MultiScaleVQTokenizer, Tokenizer, VQConfig, VQTokenizer
+from arvision.tokenizers import KLConfig, KLTokenizer, MultiScaleVQConfig, MultiScaleVQTokenizer, Tokenizer, VQConfig, VQTokenizer
+from arvision.tokenizers.tokenbridge import TokenBridgeConfig, TokenBridgeTokenizer
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,13 +52,14 @@ class TokenizerTrainConfig(TrainConfig):
     restart_until: float = 0.9
     holdout: float = 0.05
     num_workers: int = 0
+    base: str | None = None  # post-training tokenizers (TokenBridge): the trained tokenizer to fit on; None = built in place
 
 
 @dataclass(frozen=True)
 class TokenizerPreset:
     description: str
     model_class: type[Tokenizer]
-    config: VQConfig | MultiScaleVQConfig
+    config: VQConfig | MultiScaleVQConfig | KLConfig
     train: TokenizerTrainConfig
 
 
@@ -66,6 +68,8 @@ _MNIST_ARCH = dict(image_size=28, in_channels=1, ch=16, ch_mult=(1, 2, 4), num_r
 _TINY_ARCH = dict(image_size=16, in_channels=1, ch=8, ch_mult=(1, 2), num_res_blocks=1, z_channels=8,
                   norm_groups=4, codebook_size=32, codebook_dim=4)  # fmt: skip
 _TINY_TRAIN = TokenizerTrainConfig(steps=4, batch_size=8, warmup_steps=1, restart_every=2, ckpt_every=2)
+_NO_CODEBOOK = ("codebook_size", "codebook_dim")
+_TINY_KL_ARCH = {k: v for k, v in _TINY_ARCH.items() if k not in _NO_CODEBOOK}
 
 TOKENIZER_PRESETS: dict[str, TokenizerPreset] = {
     "tiny-vq": TokenizerPreset("tiny VQ tokenizer for tests (16x16, 8x8 tokens)", VQTokenizer, VQConfig(**_TINY_ARCH), _TINY_TRAIN),
@@ -74,6 +78,10 @@ TOKENIZER_PRESETS: dict[str, TokenizerPreset] = {
         MultiScaleVQTokenizer,
         MultiScaleVQConfig(**_TINY_ARCH, patch_nums=(1, 2, 4, 8), quant_conv_kernel=3),
         _TINY_TRAIN,
+    ),
+    "tiny-kl": TokenizerPreset(
+        "tiny KL tokenizer for tests (16x16, 8x8 continuous 4-d tokens)", KLTokenizer,
+        KLConfig(**_TINY_KL_ARCH, embed_dim=4, kl_weight=1e-6), _TINY_TRAIN.replace(restart_every=0),
     ),
     "mnist-vq": TokenizerPreset(
         "MNIST VQ grid tokenizer: 28x28 grayscale -> 7x7 ids, codebook 256 (l2-normalised)",
@@ -87,6 +95,13 @@ TOKENIZER_PRESETS: dict[str, TokenizerPreset] = {
         MultiScaleVQConfig(**_MNIST_ARCH, codebook_size=256, codebook_dim=16, patch_nums=(1, 2, 3, 4, 5, 7),
                            quant_conv_kernel=3),  # fmt: skip
         TokenizerTrainConfig(steps=2000, batch_size=64, lr=2e-3),
+    ),
+    # The same conv stack and latent (7x7x8) as mnist-vq, with a Gaussian bottleneck instead of a codebook.
+    "mnist-kl": TokenizerPreset(
+        "MNIST KL tokenizer: 28x28 grayscale -> 7x7 continuous 8-d tokens (MAR-style VAE)",
+        KLTokenizer,
+        KLConfig(**_MNIST_ARCH, embed_dim=8, kl_weight=1e-4, scale_factor=1.0),
+        TokenizerTrainConfig(steps=2000, batch_size=64, lr=2e-3, restart_every=0),
     ),
     # Official architectures (weights come from `arvision convert`, not from training here).
     "llamagen-vq16": TokenizerPreset(
@@ -103,6 +118,18 @@ TOKENIZER_PRESETS: dict[str, TokenizerPreset] = {
     ),
 }
 
+# TokenBridge: a KL tokenizer's latents quantized per channel after training; "training" fits the bins on them.
+TOKENIZER_PRESETS["tiny-tokenbridge"] = TokenizerPreset(
+    "tiny TokenBridge tokenizer for tests (tiny-kl built in place, 4 channels x 8 levels)", TokenBridgeTokenizer,
+    TokenBridgeConfig(kl=TOKENIZER_PRESETS["tiny-kl"].config, bins=8), _TINY_TRAIN.replace(restart_every=0),
+)
+TOKENIZER_PRESETS["mnist-tokenbridge"] = TokenizerPreset(
+    "MNIST TokenBridge tokenizer: mnist-kl's 7x7 8-d tokens, each channel quantized to 16 levels (uniform bins, "
+    "mean +- 3 std)",
+    TokenBridgeTokenizer, TokenBridgeConfig(kl=TOKENIZER_PRESETS["mnist-kl"].config, bins=16, method="uniform", clip_std=3.0),
+    TokenizerTrainConfig(restart_every=0, base="mnist-kl"),
+)
+
 
 def get_tokenizer_preset(name: str) -> TokenizerPreset:
     if name not in TOKENIZER_PRESETS:
@@ -118,6 +145,10 @@ from arvision.generators import (  # noqa: E402
     MarkovScaleGenerator, MaskedGenerator, NeighborGenerator, NextScaleGenerator, NextTokenGenerator,
 )  # fmt: skip
 from arvision.generators.base import Generator, GeneratorConfig  # noqa: E402
+from arvision.generators.diffusion import DiffusionHeadConfig  # noqa: E402
+from arvision.generators.continuous import ContinuousNextTokenGenerator  # noqa: E402
+from arvision.generators.mar import MarGenerator, mar_backbone  # noqa: E402
+from arvision.generators.tokenbridge import ChannelHeadConfig, TokenBridgeGenerator  # noqa: E402
 from arvision.nn.transformer import TransformerConfig  # noqa: E402
 from arvision.samplers.config import SamplingConfig  # noqa: E402
 
@@ -183,6 +214,14 @@ GENERATOR_PRESETS: dict[str, GeneratorPreset] = {
                                    llamagen_backbone(2, 32, 2), "tiny-vq", _TINY_GEN_TRAIN, SamplingConfig(cfg=2.0)),
     "tiny-neighbor": GeneratorPreset("tiny next-neighbour generator for tests", NeighborGenerator,
                                      llamagen_backbone(2, 32, 2), "tiny-vq", _TINY_GEN_TRAIN, SamplingConfig(cfg=2.0)),
+    "tiny-mar": GeneratorPreset("tiny MAR (continuous tokens, diffusion head) for tests", MarGenerator, mar_backbone(2, 32, 2),
+                                "tiny-kl", _TINY_GEN_TRAIN, SamplingConfig(cfg=2.0, cfg_schedule="mar-linear"),
+                                {"decoder": mar_backbone(2, 32, 2), "buffer_size": 2,
+                                 "head": DiffusionHeadConfig(token_dim=1, cond_dim=1, width=32, depth=2, sampling_steps=5)}),  # fmt: skip
+    "tiny-raster-continuous": GeneratorPreset("tiny raster next-token generator with a diffusion head for tests",
+                                              ContinuousNextTokenGenerator, llamagen_backbone(2, 32, 2), "tiny-kl", _TINY_GEN_TRAIN,
+                                              SamplingConfig(cfg=2.0),
+                                              {"head": DiffusionHeadConfig(token_dim=1, cond_dim=1, width=32, depth=2, sampling_steps=5)}),  # fmt: skip
     "tiny-markov-scale": GeneratorPreset("tiny Markovian next-scale generator (with refinement) for tests",
                                          MarkovScaleGenerator, var_backbone(2, 32, 2), "tiny-msvq", _TINY_GEN_TRAIN,
                                          SamplingConfig(cfg=1.5, cfg_schedule="linear"), {"refine": True}),
@@ -231,6 +270,19 @@ GENERATOR_PRESETS: dict[str, GeneratorPreset] = {
         GeneratorTrainConfig(steps=1500, batch_size=64, lr=2e-3), SamplingConfig(cfg=2.0, cfg_schedule="linear"),
         {"refine": True},
     ),  # fmt: skip
+    "mnist-mar": GeneratorPreset(
+        "MNIST class-conditional MAR (masked autoregressive, continuous tokens, diffusion head) on mnist-kl, 7x7 tokens",
+        MarGenerator, mar_backbone(4, 128, 4), "mnist-kl",
+        GeneratorTrainConfig(steps=4000, batch_size=64, lr=1e-3, weight_decay=0.02, ema=0.999),
+        SamplingConfig(cfg=4.0, cfg_schedule="mar-linear", num_steps=8),
+        {"decoder": mar_backbone(4, 128, 4), "buffer_size": 4,
+         # MAR's head is 3 blocks of width 1024 for 16-d tokens with diffusion_batch_mul 4; 128 wide for
+         # 8-d tokens and 2 noise draws per token keep training on a 2-core CPU under half an hour.
+         # mnist-kl's training tokens lie in [-6.43, 6.43]: the predicted clean token is clamped to
+         # that range at sampling (see DiffusionHeadConfig.clip_xstart)
+         "head": DiffusionHeadConfig(token_dim=1, cond_dim=1, width=128, depth=3, batch_mul=2, sampling_steps=50,
+                                     clip_xstart=6.5)},
+    ),  # fmt: skip
     # Official architectures (random weights here; real weights through `arvision convert`).
     "gpt-b": GeneratorPreset("LlamaGen GPT-B (12 layers, width 768), 256 tokens", NextTokenGenerator,
                              llamagen_backbone(12, 768, 12), "llamagen-vq16", GeneratorTrainConfig(),
@@ -239,6 +291,20 @@ GENERATOR_PRESETS: dict[str, GeneratorPreset] = {
                                var_backbone(16, 1024, 16), "var-vae", GeneratorTrainConfig(),
                                SamplingConfig(cfg=1.5, cfg_schedule="linear", top_k=900, top_p=0.96)),  # fmt: skip
 }
+
+# TokenBridge: raster next-token over per-channel ids, a small causal transformer over the channels as the head.
+GENERATOR_PRESETS["tiny-tokenbridge"] = GeneratorPreset(
+    "tiny TokenBridge generator (raster order, channel-autoregressive head) for tests", TokenBridgeGenerator,
+    llamagen_backbone(2, 32, 2), "tiny-tokenbridge", _TINY_GEN_TRAIN, SamplingConfig(cfg=2.0),
+    {"channel_head": ChannelHeadConfig(width=16, depth=1, num_heads=2)},
+)
+GENERATOR_PRESETS["mnist-tokenbridge"] = GeneratorPreset(
+    "MNIST class-conditional TokenBridge generator: raster next-token over mnist-kl's tokens quantized per channel, "
+    "channel-autoregressive head, 7x7 tokens",
+    TokenBridgeGenerator, llamagen_backbone(6, 128, 4), "mnist-tokenbridge",
+    GeneratorTrainConfig(steps=2000, batch_size=64, lr=2e-3), SamplingConfig(cfg=2.0),
+    {"channel_head": ChannelHeadConfig(width=64, depth=1, num_heads=2)},
+)
 
 
 def get_generator_preset(name: str) -> GeneratorPreset:
