@@ -209,12 +209,8 @@ def test_generator_training_loop_runs(tmp_path) -> None:
     assert pipe.generator.token_kind == "channel-ids" and pipe.generate([0], 1, seed=0).shape == (1, 1, 16, 16)
 
 
-def test_shipped_mnist_tokenbridge_draws_the_requested_digits() -> None:
-    from arvision.metrics.mnist_classifier import class_accuracy
 
+def test_shipped_mnist_tokenbridge_uses_its_quantizer() -> None:
+    """(Its class accuracy is checked with the other shipped generators, tests/test_shipped_models.py.)"""
     pipe = arvision.load("mnist-tokenbridge")
     assert pipe.generator.token_kind == "channel-ids" and isinstance(pipe.tokenizer, TokenBridgeTokenizer)
-    out = pipe.sample(list(range(10)), 10, seed=123, batch_size=100)
-    assert out.images.shape == (100, 1, 28, 28) and out.stats.forward_passes_per_image == 49
-    assert class_accuracy(arvision.load("mnist-classifier"), out.images, out.labels) >= 0.9
-    assert "arvision train generator --preset mnist-tokenbridge" in pipe.info["training"]["command"]
