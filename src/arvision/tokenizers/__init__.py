@@ -5,11 +5,11 @@ from arvision.tokenizers.kl import KLConfig, KLTokenizer
 from arvision.tokenizers.layout import TokenLayout
 from arvision.tokenizers.multiscale import MultiScaleVQConfig, MultiScaleVQTokenizer
 from arvision.tokenizers.quantizers import MultiScaleQuantizer, QuantizerOutput, VectorQuantizer, phi_index_table
-from arvision.tokenizers.tokenbridge import TokenBridgeConfig, TokenBridgeTokenizer, fit_tokenbridge
+from arvision.tokenizers.tokenbridge import TokenBridgeConfig, TokenBridgeTokenizer
 from arvision.tokenizers.vq import VQConfig, VQTokenizer
 
 __all__ = [
     "AutoencoderConfig", "KLConfig", "KLTokenizer", "MultiScaleQuantizer", "MultiScaleVQConfig", "MultiScaleVQTokenizer",
     "QuantizerOutput", "TokenLayout", "Tokenizer", "TokenizerOutput", "VQConfig", "VQTokenizer",
-    "VectorQuantizer", "phi_index_table", "TokenBridgeConfig", "TokenBridgeTokenizer", "fit_tokenbridge",
+    "VectorQuantizer", "phi_index_table", "TokenBridgeConfig", "TokenBridgeTokenizer",
 ]  # fmt: skip

@@ -173,20 +173,16 @@ class TokenBridgeTokenizer(Tokenizer):
         return fitted
 
     @torch.no_grad()
-    def fit(self, images: Iterable[Tensor], *, base: KLTokenizer | str | None = None) -> "TokenBridgeTokenizer":
-        """Post-training quantization: take the KL weights of ``base`` (a KL tokenizer, or a shipped
-        name / directory; None keeps the ones in place) and fit the bins on the KL tokens of
-        ``images`` (batches (B, C, H, W) in [-1, 1]). Deterministic: no randomness is involved."""
+    def fit(self, images: Iterable[Tensor], *, base: KLTokenizer | None = None) -> "TokenBridgeTokenizer":
+        """Post-training quantization: take the KL weights of ``base`` (a trained KL tokenizer, e.g.
+        ``arvision.load("mnist-kl")``; None keeps the ones in place) and fit the bins on the KL tokens
+        of ``images`` (batches (B, C, H, W) in [-1, 1]). Deterministic: no randomness is involved."""
         if base is not None:
-            if isinstance(base, str):
-                from arvision.hub import load  # the hub imports every model kind; import it only when used
-
-                base = load(base, device=self.centers.device)
             if not isinstance(base, KLTokenizer):
                 raise ValueError(f"TokenBridge quantizes a KL tokenizer's continuous tokens; base is a {type(base).__name__}")
             if base.config != self.config.kl:
                 raise ValueError("the base KL tokenizer's config differs from this TokenBridge config's `kl`: build the config "
-                                 "from it, TokenBridgeConfig(kl=base.config, bins=...) (or use fit_tokenbridge(base))")  # fmt: skip
+                                 "from it, TokenBridgeConfig(kl=base.config, bins=...)")  # fmt: skip
             self.kl.load_state_dict(base.state_dict())
         self.kl.eval()
         device = self.centers.device
@@ -224,7 +220,7 @@ class TokenBridgeTokenizer(Tokenizer):
 
     def forward(self, images_BCHW: Tensor) -> Tensor:
         raise RuntimeError("a TokenBridge tokenizer is not trained by gradients: it is fitted on the latents of a trained KL "
-                           "tokenizer (fit_tokenbridge, or `arvision train tokenizer --preset mnist-tokenbridge`)")  # fmt: skip
+                           "tokenizer (tokenizer.fit(batches, base=kl), or `arvision train tokenizer --preset mnist-tokenbridge`)")  # fmt: skip
 
     def check_tokens(self, tokens: Tensor) -> None:
         L, D, V = self.num_tokens, self.embed_dim, self.config.bins
@@ -239,22 +235,3 @@ class TokenBridgeTokenizer(Tokenizer):
             raise ValueError(f"token ids must be in [0, {V}) (the {V} levels per channel), "
                              f"got [{tokens.min().item()}, {tokens.max().item()}]")  # fmt: skip
 
-
-def fit_tokenbridge(kl: KLTokenizer, data: str = "mnist", *, bins: int = 16, method: str = "gaussian",
-                    clip_std: float = 3.0, batch_size: int = 512, limit: int | None = None) -> TokenBridgeTokenizer:  # fmt: skip
-    """A TokenBridge tokenizer on ``kl``'s weights, its bins fitted on the KL tokens of the training
-    split of ``data`` ("mnist" or an image folder), the first ``limit`` images when given."""
-    from arvision.data import get_dataset
-    from arvision.evaluate import ordered_batches
-
-    if not isinstance(kl, KLTokenizer):
-        raise ValueError(f"fit_tokenbridge quantizes a KL tokenizer's continuous tokens; got a {type(kl).__name__}")
-    tok = TokenBridgeTokenizer(TokenBridgeConfig(kl=kl.config, bins=bins, method=method, clip_std=clip_std))
-    tok.to(next(kl.parameters()).device)
-    c = kl.config
-    ds = get_dataset(data, split="train", image_size=c.image_size, channels=c.in_channels)
-    if limit is not None:
-        from torch.utils.data import Subset
-
-        ds = Subset(ds, range(min(limit, len(ds))))
-    return tok.fit(ordered_batches(ds, batch_size), base=kl).eval()

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from arvision.data import get_dataset, split_dataset
 from arvision.evaluate import evaluate_tokenizer, ordered_batches
+from arvision.hub import load
 from arvision.modeling import _REGISTRY
 from arvision.presets import TokenizerTrainConfig, get_tokenizer_preset
 from arvision.tokenizers import Tokenizer
@@ -91,7 +92,8 @@ def train_tokenizer(
     train_set, heldout = _datasets(run["data"], mc.image_size, mc.in_channels, tc)
     if hasattr(model, "fit"):  # post-training quantization (TokenBridge): fitted on the data, no gradient steps
         t0 = time.time()
-        model.to(device).fit(ordered_batches(train_set, 512), base=tc.base)
+        base = None if tc.base is None else load(tc.base, device=device)  # the trained tokenizer to quantize
+        model.to(device).fit(ordered_batches(train_set, 512), base=base)
         run["seconds"] = time.time() - t0
         training = {"command": run["command"], "data": run["data"], "fitted_on": tc.base or "the preset's own KL weights"}
         return _finish(model, run, heldout, out, training, eval_limit=eval_limit, progress=progress)
