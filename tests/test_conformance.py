@@ -19,7 +19,6 @@ from arvision.samplers.config import ORDER_SETTINGS
 from test_generators import build
 
 NAMES = sorted(n for n in GENERATOR_PRESETS if n.startswith("tiny-"))  # every order, and every head on an order
-TINY = {n: n for n in NAMES}
 
 
 def test_every_registered_order_has_a_tiny_preset() -> None:
@@ -37,10 +36,10 @@ def encoded(tok, B: int = 3, seed: int = 0) -> torch.Tensor:
                                  generator=torch.Generator().manual_seed(seed)) * 2 - 1)  # fmt: skip
 
 
-@pytest.mark.parametrize("order", NAMES)
-def test_stepwise_decoding_equals_the_full_forward(order: str) -> None:
+@pytest.mark.parametrize("preset", NAMES)
+def test_stepwise_decoding_equals_the_full_forward(preset: str) -> None:
     """With every token known, each step's logits (KV cache, per-step inputs) equal one full forward pass."""
-    tok, gen = build(TINY[order])
+    tok, gen = build(preset)
     tokens, labels = encoded(tok), torch.tensor([1, 5, 10])  # 10 = the null class
     seen = []
     out = decode(gen, tok, labels, unguided(gen), prior_BL=tokens, known_BL=torch.ones(tokens.shape[:2], dtype=torch.bool),
@@ -55,9 +54,9 @@ def test_stepwise_decoding_equals_the_full_forward(order: str) -> None:
     assert covered.all()
 
 
-@pytest.mark.parametrize("order", NAMES)
-def test_settings_the_order_cannot_use_are_rejected(order: str) -> None:
-    tok, gen = build(TINY[order])
+@pytest.mark.parametrize("preset", NAMES)
+def test_settings_the_order_cannot_use_are_rejected(preset: str) -> None:
+    tok, gen = build(preset)
     pipe = Pipeline(tok, gen)
     for name in ORDER_SETTINGS:
         value = {"num_steps": 2, "choice_temperature": 1.0, "decoding": "sjd", "window": 3, "jacobi_init": "spatial", "lantern_k": 2,
@@ -72,9 +71,9 @@ def test_settings_the_order_cannot_use_are_rejected(order: str) -> None:
             pipe.sample([1], 1, num_steps=gen.num_tokens + 1)
 
 
-@pytest.mark.parametrize("order", NAMES)
-def test_seeded_sampling_is_deterministic(order: str) -> None:
-    tok, gen = build(TINY[order])
+@pytest.mark.parametrize("preset", NAMES)
+def test_seeded_sampling_is_deterministic(preset: str) -> None:
+    tok, gen = build(preset)
     pipe = Pipeline(tok, gen)
     a = pipe.sample([1, 2], 2, seed=3, decode=False)
     assert torch.equal(a.tokens, pipe.sample([1, 2], 2, seed=3, decode=False).tokens)
@@ -82,11 +81,11 @@ def test_seeded_sampling_is_deterministic(order: str) -> None:
     assert a.stats.forward_passes_per_image == gen.num_steps
 
 
-@pytest.mark.parametrize("order", NAMES)
+@pytest.mark.parametrize("preset", NAMES)
 @pytest.mark.parametrize("interval", [-1, 0, 1])
-def test_cfg_interval_guides_the_same_steps_in_every_order(order: str, interval: int) -> None:
+def test_cfg_interval_guides_the_same_steps_in_every_order(preset: str, interval: int) -> None:
     """cfg_interval = k guides decoding steps 0..k+1 (LlamaGen's count) and no later one; -1 guides all."""
-    tok, gen = build(TINY[order])
+    tok, gen = build(preset)
     s = gen.config.sampling.replace(cfg=3.0, cfg_schedule="constant", cfg_interval=interval)
     seen = []
     decode(gen, tok, torch.tensor([2, 7]), s, torch.Generator().manual_seed(0),
@@ -96,10 +95,10 @@ def test_cfg_interval_guides_the_same_steps_in_every_order(order: str, interval:
         assert (weight is not None) == (interval < 0 or group <= interval + 1), (group, weight)
 
 
-@pytest.mark.parametrize("order", NAMES)
-def test_guidance_changes_the_first_step(order: str) -> None:
+@pytest.mark.parametrize("preset", NAMES)
+def test_guidance_changes_the_first_step(preset: str) -> None:
     """The first step is always guided: its logits differ from the unguided ones (the null rows matter)."""
-    tok, gen = build(TINY[order])
+    tok, gen = build(preset)
     first, tokens = {}, {}
     for cfg, interval in ((3.0, -1), (1.0, -1)):
         s = gen.config.sampling.replace(cfg=cfg, cfg_schedule="constant", cfg_interval=interval)
@@ -111,9 +110,9 @@ def test_guidance_changes_the_first_step(order: str) -> None:
         assert first[3.0].weight == 3.0 and not torch.allclose(tokens[3.0].float(), tokens[1.0].float())
 
 
-@pytest.mark.parametrize("order", NAMES)
-def test_editing_keeps_the_known_tokens(order: str) -> None:
-    tok, gen = build(TINY[order])
+@pytest.mark.parametrize("preset", NAMES)
+def test_editing_keeps_the_known_tokens(preset: str) -> None:
+    tok, gen = build(preset)
     prior = encoded(tok, 4, seed=1)
     known = torch.rand(prior.shape[:2], generator=torch.Generator().manual_seed(2)) < 0.5  # (B, L): whole tokens
     s = gen.config.sampling

@@ -109,9 +109,7 @@ def from_mar(vae: str | os.PathLike, mar: str | os.PathLike, *, ema: bool = True
     """
     state = read_checkpoint(mar, what=_MAR, key="model_ema" if ema else "model")
     config = infer_mar(state, heads=heads, source=str(mar))
-    tokenizer = load_mar_vae(vae, **({"image_size": image_size} if image_size else {}))
-    if image_size is None and tokenizer.layout.side != config.grid_size:  # e.g. MAR at 512 px: size the VAE to its grid
-        tokenizer = load_mar_vae(vae, image_size=config.grid_size * tokenizer.config.downsample)
+    tokenizer = load_mar_vae(vae, image_size=image_size, grid=config.grid_size)  # by default sized to MAR's token grid
     if tokenizer.layout.code_dim != config.token_dim:
         raise ValueError(f"{mar} reads {config.token_dim}-channel tokens but the VAE {vae} gives {tokenizer.layout.code_dim}: "
                          "this MAR model was trained with another VAE (MAR with patch size > 1 is not supported)")  # fmt: skip

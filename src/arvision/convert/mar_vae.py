@@ -115,11 +115,16 @@ def vae_from_mar_state(state_dict: dict[str, Tensor], *, image_size: int = 256, 
     return tok.eval()
 
 
-def load_mar_vae(path: str | os.PathLike, *, image_size: int = 256, device: str | torch.device = "cpu") -> KLTokenizer:
+def load_mar_vae(path: str | os.PathLike, *, image_size: int | None = None, grid: int | None = None,
+                 device: str | torch.device = "cpu") -> KLTokenizer:  # fmt: skip
     """Read an official MAR VAE file (``kl16.ckpt``: ``{"model": state_dict}``, read with
-    ``weights_only=True``) and convert it. ``image_size``: the side the tokenizer is built for."""
+    ``weights_only=True``) and convert it. The tokenizer is built for ``image_size`` pixels, or for a
+    ``grid`` x ``grid`` token grid (image size = grid x the VAE's downsampling), else for 256 px."""
     p = Path(path)
-    tok = vae_from_mar_state(read_checkpoint(p, what=_WHAT), image_size=image_size, source=f"'{p.name}'", device=device)
+    state, source = read_checkpoint(p, what=_WHAT), f"'{p.name}'"
+    if image_size is None:
+        image_size = 256 if grid is None else grid * infer_mar_vae(state, source=source).downsample
+    tok = vae_from_mar_state(state, image_size=image_size, source=source, device=device)
     c = tok.config
     tok.info = {
         "description": f"MAR KL VAE ({c.image_size} px -> {c.latent_size}x{c.latent_size} tokens of {c.embed_dim} dims, "

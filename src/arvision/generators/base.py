@@ -81,7 +81,6 @@ class Generator(PretrainedModel):
     order_class: type[Order]  # the decoding order (plan + state updates), defined beside the generator
     layout_kind = "grid"  # the token layout it generates (see arvision.tokenizers.layout)
     layout_map = {"grid_size": "side"}  # config field -> the TokenLayout attribute it is derived from
-    token_kind = "ids"  # "ids", "vectors" (continuous, a diffusion head) or "channel-ids" (TokenBridge)
 
     def __init__(self, config: GeneratorConfig) -> None:
         super().__init__(config)
@@ -100,6 +99,12 @@ class Generator(PretrainedModel):
         return self.order_class.name
 
     @property
+    def token_kind(self) -> str:
+        """The tokens it generates: "ids", "vectors" (continuous, a diffusion head) or "channel-ids"
+        (TokenBridge); declared once, on the config class."""
+        return self.config.token_kind
+
+    @property
     def null_class(self) -> int:
         return self.class_emb.null_id
 
@@ -111,11 +116,12 @@ class Generator(PretrainedModel):
             need = {"grid": "a VQ grid tokenizer (e.g. mnist-vq)", "scales": "a multi-scale tokenizer (e.g. mnist-msvq)"}
             raise ValueError(f"the {cls.order_class.name} order needs {need.get(cls.layout_kind, cls.layout_kind)}, "
                              f"but this tokenizer has {layout.describe()}")  # fmt: skip
-        if layout.token_kind != cls.token_kind:
+        kind = cls.config_class.token_kind
+        if layout.token_kind != kind:
             need = {"ids": "a discrete tokenizer (codebook ids, e.g. mnist-vq)",
                     "vectors": "a continuous tokenizer (a KL autoencoder, e.g. mnist-kl)",
                     "channel-ids": "a channel-quantized tokenizer (TokenBridge, e.g. mnist-tokenbridge's)"}  # fmt: skip
-            raise ValueError(f"{cls.__name__} generates {cls.token_kind} tokens and needs {need[cls.token_kind]}, "
+            raise ValueError(f"{cls.__name__} generates {kind} tokens and needs {need[kind]}, "
                              f"but this tokenizer has {layout.describe()}")  # fmt: skip
         return {"vocab_size": layout.vocab_size, **{k: getattr(layout, a) for k, a in cls.layout_map.items()}}
 

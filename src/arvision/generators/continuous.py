@@ -47,7 +47,6 @@ class ContinuousNextTokenGenerator(NextTokenGenerator):
     config_class = ContinuousNextTokenConfig
     config: ContinuousNextTokenConfig
     layout_map = {"grid_size": "side", "token_dim": "code_dim"}
-    token_kind = "vectors"
 
     def build_token_embedding(self) -> nn.Module:
         return nn.Linear(self.config.token_dim, self.config.transformer.width)  # tokens are vectors, not ids

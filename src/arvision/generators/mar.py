@@ -146,8 +146,9 @@ class MarOrder(Order):
             if "orders" not in state.extra:  # the random order (a caller may set its own)
                 keys = torch.rand(B, L, generator=sampler.rng, device=state.open_BL.device) + state.known_BL
                 state.extra["orders"] = keys.argsort(dim=1, stable=True)
+            state.extra["rank"] = state.extra["orders"].argsort(1)  # position -> its place in the order
             state.extra["left"] = mar_mask_lengths(state.open_BL.sum(1), step.subs)
-        rank = state.extra["orders"].argsort(1)  # position -> its place in the order
+        rank = state.extra["rank"]
         still = (rank < state.extra["left"][step.sub].to(rank.device).unsqueeze(1)) & state.open_BL
         fill = state.open_BL & ~still
         if bool(fill.any()):
@@ -165,7 +166,6 @@ class MarGenerator(Generator):
     config: MarConfig
     order_class = MarOrder
     layout_map = {"grid_size": "side", "token_dim": "code_dim"}
-    token_kind = "vectors"
     default_steps = 8
 
     def __init__(self, config: MarConfig) -> None:

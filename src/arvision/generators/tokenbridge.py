@@ -208,7 +208,6 @@ class TokenBridgeGenerator(NextTokenGenerator):
     config_class = TokenBridgeGenConfig
     config: TokenBridgeGenConfig
     layout_map = {"grid_size": "side", "token_dim": "code_dim"}
-    token_kind = "channel-ids"
 
     def build_token_embedding(self) -> nn.Module:
         c = self.config

@@ -119,8 +119,8 @@ class Tokenizer(PretrainedModel):
 
     @property
     def num_tokens(self) -> int:
-        """L: tokens per image."""
-        raise NotImplementedError
+        """L: tokens per image (from the layout)."""
+        return self.layout.num_tokens
 
     @property
     def layout(self) -> "TokenLayout":

@@ -133,10 +133,6 @@ class KLTokenizer(Tokenizer):
         return self.config.latent_size
 
     @property
-    def num_tokens(self) -> int:
-        return self.grid_size**2
-
-    @property
     def embed_dim(self) -> int:
         return self.config.embed_dim
 

@@ -73,10 +73,6 @@ class MultiScaleVQTokenizer(Tokenizer):
         return self.config.patch_nums
 
     @property
-    def num_tokens(self) -> int:
-        return sum(pn * pn for pn in self.patch_nums)
-
-    @property
     def layout(self) -> TokenLayout:
         return TokenLayout("scales", self.codebook_size, scales=self.patch_nums, code_dim=self.config.codebook_dim)
 

@@ -141,10 +141,6 @@ class TokenBridgeTokenizer(Tokenizer):
         return self.kl.grid_size
 
     @property
-    def num_tokens(self) -> int:
-        return self.kl.num_tokens
-
-    @property
     def embed_dim(self) -> int:
         return self.kl.embed_dim
 

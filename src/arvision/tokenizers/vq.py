@@ -40,10 +40,6 @@ class VQTokenizer(Tokenizer):
         return self.config.latent_size
 
     @property
-    def num_tokens(self) -> int:
-        return self.grid_size**2
-
-    @property
     def layout(self) -> TokenLayout:
         n = self.grid_size
         return TokenLayout("grid", self.codebook_size, grid=(n, n), code_dim=self.config.codebook_dim)
