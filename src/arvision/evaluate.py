@@ -9,6 +9,7 @@ chunks r, r+W, ...; rank 0 then reads every chunk exactly once and computes the 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -143,10 +144,19 @@ def evaluate_generator(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     out = Path(out_dir)
     chunks_dir = out / "chunks"
-    models = {k: sampling.pop(k) for k in ("draft", "refiner") if k in sampling}  # models, not settings
+    models = {k: sampling.pop(k) for k in ("draft", "refiner", "search", "reward", "budget") if k in sampling}  # not settings
     s = pipe.sampling_config(**sampling)  # checked: bad settings fail before any file is written
     run = {"model": model or pipe.info.get("preset", "?"), "n": n, "batch_size": batch_size, "seed": seed,
            "sampling": s.to_dict(), "features": extractor.name}  # fmt: skip
+    if models.get("search") is not None:  # a test-time search: recorded, and its reward loaded once
+        from arvision.rewards import get_reward
+
+        search = models["search"]
+        settings = {} if isinstance(search, str) else dataclasses.asdict(search)
+        run["search"] = json.loads(json.dumps({"method": search if isinstance(search, str) else type(search).__name__, **settings,
+                                               "budget": models.get("budget"), "reward": models.get("reward")}, default=repr))  # fmt: skip
+        if models.get("reward") is not None:
+            models["reward"] = get_reward(models["reward"], device=pipe.device)
     manifest = out / "run.json"
     if dist.is_main:
         chunks_dir.mkdir(parents=True, exist_ok=True)
@@ -176,7 +186,7 @@ def evaluate_generator(
         feats, logits = extractor(images)
         seconds["generate"] += t1 - t0
         seconds["features"] += time.perf_counter() - t1
-        steps.append(res.stats.forward_passes_per_image)
+        steps.append(res.stats.candidate_passes / max(res.stats.images, 1) if "search" in run else res.stats.forward_passes_per_image)
         _save_chunk(chunks_dir / f"{i:06d}.npz", images=images.numpy(), labels=lab.numpy(),
                     features=feats.cpu().numpy(), logits=logits.cpu().numpy())  # fmt: skip
         bar.update(1)

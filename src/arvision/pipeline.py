@@ -31,6 +31,7 @@ from arvision.generators import Generator
 from arvision.runtime import keep_freed_memory
 from arvision.modeling import resolve
 from arvision.samplers import SamplingConfig, SamplingStats, StepInfo, check_settings, decode
+from arvision.samplers.search import BestOfN, TTSVAR, best_of_n, check_budget, make_search, tts_var
 from arvision.samplers.speculative import speculative_decode
 from arvision.tokenizers import Tokenizer
 
@@ -40,13 +41,15 @@ TOKENIZER_DIR = "tokenizer"
 @dataclass
 class GenerationOutput:
     """Images (N, C, H, W) in [0, 1], their tokens (N, L), class ids (N,) and what it cost.
-    For an edit, ``known`` (N, L) marks the tokens kept from the input."""
+    For an edit, ``known`` (N, L) marks the tokens kept from the input; after a test-time search
+    ``scores`` (N,) holds the reward of each image."""
 
     images: Tensor
     tokens: Tensor
     labels: Tensor
     stats: SamplingStats
     known: Tensor | None = None
+    scores: Tensor | None = None  # a test-time search's reward of each returned image
 
 
 def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
@@ -154,7 +157,8 @@ class Pipeline:
     def _run(self, labels: Tensor, s: SamplingConfig, seed: int | None, batch_size: int, progress: bool, decode_images: bool,
              prior: Tensor | None = None, known: Tensor | None = None, callback: Callable[[StepInfo], None] | None = None,
              draft: "Pipeline | Generator | str | os.PathLike | None" = None,
-             refiner: "Pipeline | Generator | str | os.PathLike | None" = None) -> GenerationOutput:  # fmt: skip
+             refiner: "Pipeline | Generator | str | os.PathLike | None" = None, search=None, reward=None,
+             budget: int | None = None) -> GenerationOutput:  # fmt: skip
         """Decode ``labels`` in batches with one seeded generator; tokens fixed where ``known``."""
         check_batch_size(batch_size)
         refiner = self._refiner(refiner)
@@ -166,26 +170,72 @@ class Pipeline:
         gen = self._rng(seed)
         if self.device.type == "cpu":
             keep_freed_memory()
-        stats, tokens, images = SamplingStats(), [], []
         run = functools.partial(decode, refiner=refiner) if s.decoding == "plain" else functools.partial(speculative_decode, draft=draft)
+        if search is not None:
+            if known is not None or callback is not None or refiner is not None:
+                raise ValueError("a test-time search does not combine with editing, a step callback or a CoDe refiner")
+            run, batch_size = self._searcher(s, run, search, reward, budget, batch_size, progress)
+        elif reward is not None or budget is not None:
+            raise ValueError("reward= and budget= are for a test-time search: pass search='best-of-n' or 'tts-var' too")
+        stats, tokens, images, scores = SamplingStats(), [], [], []
         batches = range(0, len(labels), batch_size)  # progress: a bar over the batches, or over the steps of one batch
         for b in tqdm(batches, desc="generate", disable=not progress or len(batches) == 1, leave=False):
             part = slice(b, b + batch_size)
             out = run(self.generator, self.tokenizer, labels[part], s, gen, callback=callback,
                       progress=progress and len(batches) == 1,
                       prior_BL=None if prior is None else prior[part], known_BL=None if known is None else known[part])  # fmt: skip
-            if decode_images:
-                images.append(self.tokenizer.decode(out.tokens))
+            if search is not None:
+                out, imgs, sc = out
+                images.append(imgs)
+                scores.append(sc)
+            elif decode_images:  # the order says how its finished state becomes images (FlexVAR: at the schedule's size)
+                images.append(self.generator.order_class(self.generator, self.tokenizer).images(out.state))
             tokens.append(out.tokens)
             stats += out.stats
         self.last_stats = stats
         imgs = torch.cat(images).add(1).div(2).clamp(0, 1) if decode_images else torch.empty(0)
-        return GenerationOutput(images=imgs, tokens=torch.cat(tokens), labels=labels, stats=stats, known=known)
+        return GenerationOutput(images=imgs, tokens=torch.cat(tokens), labels=labels, stats=stats, known=known,
+                                scores=torch.cat(scores) if scores else None)  # fmt: skip
+
+    def _searcher(self, s: SamplingConfig, decode_fn, search, reward, budget, batch_size: int, progress: bool):
+        """(batch function, requests per batch) of a test-time search (``samplers/search.py``)."""
+        from arvision.rewards import get_reward
+
+        search = make_search(search)
+        if reward is None:
+            raise ValueError("a test-time search needs reward=: 'mnist-classifier', 'realism:REFERENCE' or a callable "
+                             "reward(images, labels) -> one score per image (see arvision.rewards)")  # fmt: skip
+        reward = get_reward(reward, device=self.device)
+        if isinstance(search, BestOfN):
+            if search.n is None and budget is None:
+                raise ValueError("search='best-of-n' needs budget=N (candidates per image) or BestOfN(n=N)")
+            n = search.n if search.n is not None else check_budget(budget)
+            if budget is not None and n > check_budget(budget):
+                raise ValueError(f"BestOfN(n={n}) decodes more candidates than budget={budget} allows")
+
+            def run(generator, tokenizer, labels, s, rng, progress, **_):
+                return best_of_n(generator, tokenizer, labels, s, rng, reward=reward, n=n, decode_fn=decode_fn, progress=progress)
+
+            return run, max(1, batch_size // n)
+        if s.decoding != "plain":
+            raise ValueError(f"search='tts-var' decodes scale by scale; it does not combine with decoding={s.decoding!r}")
+        if budget is None:
+            raise ValueError("search='tts-var' needs budget=N: the compute of N plain decodings per image")
+        check_budget(budget)
+        groups = check_settings(self.generator, s)[-1].group + 1
+        first = search.schedule(groups, budget)[0][0]
+
+        def run(generator, tokenizer, labels, s, rng, progress, **_):
+            return tts_var(generator, tokenizer, labels, s, rng, reward=reward, budget=budget, config=search, progress=progress)
+
+        return run, max(1, batch_size // first)
 
     @torch.no_grad()
     def sample(self, classes: Sequence[int] | int | None = None, n_per_class: int = 1, *, seed: int | None = 0,
                batch_size: int = 64, progress: bool = False, decode: bool = True,
-               callback: Callable[[StepInfo], None] | None = None, draft=None, refiner=None, **sampling) -> GenerationOutput:  # fmt: skip
+               callback: Callable[[StepInfo], None] | None = None, draft=None, refiner=None,
+               search: "str | BestOfN | TTSVAR | None" = None, reward=None, budget: int | None = None,
+               **sampling) -> GenerationOutput:  # fmt: skip
         """Generate ``n_per_class`` samples of every class in ``classes`` (all of ``classes[0]`` first).
 
         Sampling options (``cfg``, ``cfg_schedule``, ``cfg_interval``, ``temperature``, ``top_k``,
@@ -207,10 +257,18 @@ class Pipeline:
         refiner the rest (CoDe, :mod:`arvision.samplers.collaborative`); ``depth_schedule`` = blocks
         per scale runs the later scales on a weight-shared subnet of this model (VARiant, best with
         a model trained for it such as "mnist-scale-variant").
+
+        Test-time search (:mod:`arvision.samplers.search`): ``search="best-of-n"`` (any order) or
+        ``"tts-var"`` (next-scale orders), or a ``BestOfN(...)`` / ``TTSVAR(...)`` with its settings;
+        ``reward`` = "mnist-classifier", "realism:REFERENCE" or a callable reward(images in [0, 1],
+        labels) -> (N,) scores (:mod:`arvision.rewards`); ``budget`` = N: the compute of N plain
+        decodings per image. ``scores`` of the output holds each image's reward;
+        ``stats.candidate_passes`` counts every candidate's forward passes.
         """
         s = self.sampling_config(**sampling)
         labels = self.labels_for(classes, n_per_class)
-        return self._run(labels, s, seed, batch_size, progress, decode, callback=callback, draft=draft, refiner=refiner)
+        return self._run(labels, s, seed, batch_size, progress, decode, callback=callback, draft=draft, refiner=refiner,
+                         search=search, reward=reward, budget=budget)
 
     def generate(self, classes: Sequence[int] | int | None = None, n_per_class: int = 1, **kwargs) -> Tensor:
         """Images (N, C, H, W) in [0, 1]; same arguments as :meth:`sample`. Stats in ``last_stats``."""

@@ -100,6 +100,11 @@ class NextScaleOrder(Order):
         blocks = self.generator.schedule_blocks(s.depth_schedule)
         return [Step(si, si, a, b, blocks=blk) for si, ((a, b), blk) in enumerate(zip(ranges, blocks))]
 
+    def preview(self, state: DecodeState) -> Tensor | None:
+        """The accumulated latent of the scales so far, decoded (coarse scales: a blurred image)."""
+        f_hat = state.extra.get("f_hat")
+        return None if f_hat is None else self.tokenizer.fhat_to_images(f_hat)
+
     decide = Order.update  # how a pass fills the scale's tokens (the Markovian order refines instead)
 
     def update(self, state: DecodeState, step: Step, logits_BTV: Tensor, sampler: Sampler) -> None:

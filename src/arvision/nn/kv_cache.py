@@ -52,6 +52,11 @@ class KVCache:
         """The positions [0, end) are now valid (called by the backbone after all layers wrote)."""
         self.length = end
 
+    def select(self, rows: Tensor) -> None:
+        """Keep the rows ``rows`` (B',) of every layer, in that order (repeats duplicate a row): a
+        test-time search keeping, dropping or duplicating candidates between steps."""
+        self.k, self.v = self.k[:, rows], self.v[:, rows]
+
     def truncate(self, n: int) -> None:
         """Keep only the first ``n`` positions (later writes overwrite the rest)."""
         if not 0 <= n <= self.length:

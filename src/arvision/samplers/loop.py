@@ -37,6 +37,8 @@ class SamplingStats:
     seconds: float = 0.0
     draft_passes: int = 0  # forward passes of a draft model (speculative decoding)
     passes_until_done: int = 0  # summed over images: target passes until each image was complete
+    candidate_passes: int = 0  # forward passes x the rows (candidate images) each computed: the compute of a search
+    reward_evaluations: int = 0  # images a test-time search scored (partial or final)
 
     def __iadd__(self, other: "SamplingStats") -> "SamplingStats":
         for k, v in asdict(other).items():
@@ -105,6 +107,77 @@ def check_settings(generator: Decoder, s: SamplingConfig) -> list[Step]:
     return order.plan(s)
 
 
+class DecodeRun:
+    """One batch being decoded: the order, its plan, the condition rows, state, KV cache and sampler.
+
+    :func:`decode` runs every step of the plan; a test-time search (``samplers/search.py``) runs
+    them one by one and between steps keeps, drops or duplicates candidates with :meth:`select`.
+    Arguments as in :func:`decode`.
+    """
+
+    def __init__(self, generator: Decoder, tokenizer, labels_B: Tensor, s: SamplingConfig, rng: torch.Generator | None = None,
+                 *, prior_BL: Tensor | None = None, known_BL: Tensor | None = None,
+                 callback: Callable[[StepInfo], None] | None = None, refiner: Decoder | None = None) -> None:  # fmt: skip
+        if s.decoding != "plain":
+            raise ValueError(f"decoding={s.decoding!r} runs in arvision.samplers.speculative.speculative_decode "
+                             "(Pipeline.sample routes it there); decode() is the plain loop")  # fmt: skip
+        self.generator, self.s, self.callback = generator, s, callback
+        self.order = order = generator.order_class(generator, tokenizer)
+        order.check(s)
+        self.plan = order.plan(s) if known_BL is None else order.skip_known(order.plan(s), known_BL)
+        self.labels_B = labels_B
+        self.cond_RD = generator.class_emb.encode(labels_B, with_null=s.guided())
+        self.state = order.start(labels_B.shape[0], prior_BL, known_BL, labels_B.device)
+        self.cache = order.new_cache(self.cond_RD.shape[0])
+        self.sampler = Sampler(s, rng, generator.head)
+        self.num_groups = self.plan[-1].group + 1
+        self.run = generator.step
+        self.candidate_passes = 0  # rows (candidates) x passes, counted per pass
+        if refiner is not None or s.draft_scales is not None:  # CoDe: the later steps on a small refiner
+            self.plan, self.run = collaborate(generator, refiner, tokenizer, self.plan, labels_B, s)
+
+    @property
+    def batch_size(self) -> int:
+        return self.labels_B.shape[0]
+
+    @torch.no_grad()
+    def step(self, step: Step) -> None:
+        """One forward pass: guided outputs, the callback, the order's update of the state."""
+        B, s = self.batch_size, self.s
+        out = self.run(self.state, step, self.cond_RD, self.cache)
+        logits, weight = guide(self.generator.head, out, B, s, step.group, self.num_groups, step.progress)
+        if self.callback is not None:
+            self.callback(StepInfo(step, logits, self.state, weight))
+        self.order.update(self.state, step, logits, self.sampler)
+        self.candidate_passes += B
+
+    @torch.no_grad()
+    def select(self, rows_N: Tensor) -> None:
+        """Continue with the candidates ``rows_N`` (indices into the batch; repeats duplicate a
+        candidate, left-out rows are dropped): the state, condition rows and KV cache follow."""
+        B, st = self.batch_size, self.state
+        rows_N = rows_N.to(self.labels_B.device)
+        if self.cond_RD.shape[0] != B:  # guided: [conditional; null] rows
+            guided_rows = torch.cat([rows_N, rows_N + B])
+        else:
+            guided_rows = rows_N
+        self.labels_B = self.labels_B[rows_N]
+        self.cond_RD = self.cond_RD[guided_rows]
+        if self.cache is not None:
+            self.cache.select(guided_rows)
+        st.tokens_BL, st.known_BL, st.open_BL = st.tokens_BL[rows_N], st.known_BL[rows_N], st.open_BL[rows_N]
+        for k, v in st.extra.items():
+            assert v.shape[0] == B, f"state.extra[{k!r}] has {v.shape[0]} rows, not the batch's {B}"
+            st.extra[k] = v[rows_N]
+
+    def output(self, t0: float) -> DecodeOutput:
+        """The decoded batch and what it cost (``t0``: ``time.perf_counter()`` at the start)."""
+        B, L, P = self.batch_size, self.state.tokens_BL.shape[1], len(self.plan)
+        stats = SamplingStats(forward_passes=P, tokens=B * L, images=B, batches=1, seconds=time.perf_counter() - t0,
+                              passes_until_done=P * B, candidate_passes=self.candidate_passes)  # fmt: skip
+        return DecodeOutput(tokens=self.state.tokens_BL, state=self.state, stats=stats)
+
+
 @torch.no_grad()
 def decode(generator: Decoder, tokenizer, labels_B: Tensor, s: SamplingConfig, rng: torch.Generator | None = None, *,
            prior_BL: Tensor | None = None, known_BL: Tensor | None = None,
@@ -118,30 +191,10 @@ def decode(generator: Decoder, tokenizer, labels_B: Tensor, s: SamplingConfig, r
     on (CoDe, ``samplers/collaborative.py``).
     """
     t0 = time.perf_counter()
-    if s.decoding != "plain":
-        raise ValueError(f"decoding={s.decoding!r} runs in arvision.samplers.speculative.speculative_decode "
-                         "(Pipeline.sample routes it there); decode() is the plain loop")  # fmt: skip
-    order = generator.order_class(generator, tokenizer)
-    order.check(s)
-    plan = order.plan(s) if known_BL is None else order.skip_known(order.plan(s), known_BL)
-    B, device = labels_B.shape[0], labels_B.device
-    cond_RD = generator.class_emb.encode(labels_B, with_null=s.guided())
-    state = order.start(B, prior_BL, known_BL, device)
-    cache = order.new_cache(cond_RD.shape[0])
-    sampler = Sampler(s, rng, generator.head)
-    num_groups = plan[-1].group + 1
-    run = generator.step
-    if refiner is not None or s.draft_scales is not None:  # CoDe: the later steps on a small refiner
-        plan, run = collaborate(generator, refiner, tokenizer, plan, labels_B, s)
-    for step in tqdm(plan, desc=f"decode {order.name}", leave=False) if progress else plan:
-        logits, weight = guide(generator.head, run(state, step, cond_RD, cache), B, s, step.group, num_groups, step.progress)
-        if callback is not None:
-            callback(StepInfo(step, logits, state, weight))
-        order.update(state, step, logits, sampler)
-    L = state.tokens_BL.shape[1]
-    stats = SamplingStats(forward_passes=len(plan), tokens=B * L, images=B, batches=1, seconds=time.perf_counter() - t0,
-                          passes_until_done=len(plan) * B)  # fmt: skip
-    return DecodeOutput(tokens=state.tokens_BL, state=state, stats=stats)
+    run = DecodeRun(generator, tokenizer, labels_B, s, rng, prior_BL=prior_BL, known_BL=known_BL, callback=callback, refiner=refiner)
+    for step in tqdm(run.plan, desc=f"decode {run.order.name}", leave=False) if progress else run.plan:
+        run.step(step)
+    return run.output(t0)
 
 
 def sample_next_token(model, labels_B: Tensor, s: SamplingConfig, generator: torch.Generator | None = None) -> tuple[Tensor, SamplingStats]:

@@ -94,7 +94,8 @@ class DecodeState:
     per-channel ids (B, L, D).
 
     ``known_BL``: fixed by the caller (editing), never changed; ``open_BL``: not decided yet;
-    ``extra``: what an order carries between steps (next-scale: the accumulated latent).
+    ``extra``: what an order carries between steps (next-scale: the accumulated latent); every
+    tensor in it has the batch as its first dimension, so that a search can select rows.
     """
 
     tokens_BL: Tensor
@@ -203,6 +204,17 @@ class Order:
         """Default: sample every token position the step predicts."""
         state.fill(step.predicts, sampler.sample(logits_BTV))
 
+    def preview(self, state: DecodeState) -> Tensor | None:
+        """The image decoded so far, (B, C, H, W) in [-1, 1], or None where the order has no
+        partial image (what a test-time search scores between steps; next-scale: the latent so far)."""
+        return None
+
+    def images(self, state: DecodeState) -> Tensor:
+        """The images (B, C, H, W) in [-1, 1] of a finished state: the tokenizer decodes the tokens.
+        An order whose tokens do not say the image alone overrides it (FlexVAR: the schedule sets
+        the resolution, and the finest scale's codes are in the state)."""
+        return self.tokenizer.decode(state.tokens_BL)
+
 
 # -- masked decoding: shared by the masked order and refinement inside a scale -------------------
 def _still_masked(n: int, steps: int) -> list[int]:
@@ -256,7 +268,7 @@ def reveal_pass(state: DecodeState, step: Step, logits_BTV: Tensor, sampler: Sam
     confident ones on the cosine schedule of each row's open tokens (fixed at the group's first pass)."""
     part = slice(step.start, step.end)
     if step.sub == 0:
-        state.extra["keep"] = row_schedules(state.open_BL[:, part].sum(1), step.subs)
+        state.extra["keep"] = row_schedules(state.open_BL[:, part].sum(1), step.subs).T  # (B, steps): rows first, as all state
     state.tokens_BL[:, part], state.open_BL[:, part] = reveal_step(
-        logits_BTV, state.tokens_BL[:, part], state.open_BL[:, part], state.extra["keep"][step.sub], (step.sub + 1) / step.subs, sampler
+        logits_BTV, state.tokens_BL[:, part], state.open_BL[:, part], state.extra["keep"][:, step.sub], (step.sub + 1) / step.subs, sampler
     )

@@ -211,7 +211,8 @@ def speculative_decode(generator, tokenizer, labels_B: Tensor, s: SamplingConfig
         n = n_new
     state.open_BL[:] = False
     stats = SamplingStats(forward_passes=passes, tokens=B * L, images=B, batches=1, seconds=time.perf_counter() - t0,
-                          draft_passes=proposer.passes, passes_until_done=int(done_B.sum()))  # fmt: skip
+                          draft_passes=proposer.passes, passes_until_done=int(done_B.sum()),
+                          candidate_passes=passes * B)  # fmt: skip
     return DecodeOutput(tokens=state.tokens_BL, state=state, stats=stats)
 
 
