@@ -16,6 +16,7 @@ what it costs in diversity. ``--tts`` adds TTS-VAR variants (``name=batch;cluste
 from __future__ import annotations
 
 import argparse
+import math
 import time
 
 import torch
@@ -34,6 +35,41 @@ def parse_tts(spec: str) -> tuple[str, TTSVAR]:
                         potential=potential or "value", lam=float(lam or 1.0))  # fmt: skip
 
 
+def partial_reward_auc(pipe, reward, labels: torch.Tensor, args) -> None:
+    """Per scale: the reward of the partial image (what TTS-VAR scores) against whether the final
+    image is classified right; AUC 0.5 = no information, 1 = perfect."""
+    from arvision.samplers.loop import DecodeRun
+
+    scores = []
+    for b in range(0, len(labels), args.batch_size):
+        lab = labels[b : b + args.batch_size]
+        run = DecodeRun(pipe.generator, pipe.tokenizer, lab, pipe.sampling_config(cfg=args.cfg), torch.Generator().manual_seed(args.seed + b))
+        per_scale = []
+        for step in run.plan:
+            run.step(step)
+            per_scale.append(reward(run.order.preview(run.state).add(1).div(2).clamp(0, 1), lab))
+        scores.append(torch.stack(per_scale, 1))
+    sc = torch.cat(scores)
+    right = sc[:, -1] > -math.log(2)  # the final image shows the requested digit with p > 1/2
+    aucs = [float((sc[right, k][:, None] > sc[~right, k][None]).double().mean()) for k in range(sc.shape[1])]
+    print("partial-reward AUC per scale (final class right vs wrong): " + ", ".join(f"{a:.2f}" for a in aucs))
+    # An oracle pruner on these independent trajectories: draw sizes[0] of them per request, keep the
+    # sizes[k + 1] best partial rewards after scale k (no duplicates), return the best final one.
+    # Keeping a trajectory and continuing it is the same in distribution as continuing it afresh.
+    S, g = sc.shape[1], torch.Generator().manual_seed(0)
+    for b in (int(x) for x in args.budgets.split(",")):
+        for sizes in {(b,) * S, TTSVAR().schedule(S, b)[0]}:
+            reward_sum = right_sum = 0.0
+            for _ in range(3000):
+                idx = torch.randperm(len(sc), generator=g)[: sizes[0]]
+                for k in range(S - 1):
+                    idx = idx[sc[idx, k].argsort(descending=True)[: sizes[k + 1]]]
+                best = float(sc[idx, -1].max())
+                reward_sum, right_sum = reward_sum + best, right_sum + (best > -math.log(2))
+            what = "best-of-N" if len(set(sizes)) == 1 else "oracle top-k pruning"
+            print(f"  {what} {list(sizes)}: mean reward {reward_sum / 3000:.4f}, class acc. {100 * right_sum / 3000:.2f} %")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="mnist-scale")
@@ -43,6 +79,7 @@ def main() -> None:
     ap.add_argument("--reward", default="mnist-classifier")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch-size", type=int, default=1024)
+    ap.add_argument("--auc", action="store_true", help="also: how well each scale's partial reward predicts the final class")
     ap.add_argument("--tts", action="append", default=[], help="extra TTS-VAR variant name=sizes;clusters;resamples;potential;lam")
     args = ap.parse_args()
     pipe = arvision.load(args.model)
@@ -78,6 +115,8 @@ def main() -> None:
           "precision | recall | ms / image |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|---|")
     row("plain")
+    if args.auc:
+        partial_reward_auc(pipe, reward, labels, args)
     for b in (int(x) for x in args.budgets.split(",")):
         row(f"best-of-{b}", search="best-of-n", reward=reward, budget=b)
         tts = TTSVAR()

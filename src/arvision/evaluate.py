@@ -213,7 +213,8 @@ def evaluate_generator(
         made = sum(min(batch_size, n - i * batch_size) for i in todo)
         report["seconds_per_image"] = seconds["generate"] / made
         report["feature_seconds_per_image"] = seconds["features"] / made
-        report["forward_passes_per_image"] = sum(steps) / len(steps)
+        key = "candidate_passes_per_image" if "search" in run else "forward_passes_per_image"  # a search: every candidate's
+        report[key] = sum(steps) / len(steps)
     (out / "report.json").write_text(json.dumps(report, indent=2))
     return report
 
