@@ -60,7 +60,7 @@ def test_settings_the_order_cannot_use_are_rejected(preset: str) -> None:
     pipe = Pipeline(tok, gen)
     for name in ORDER_SETTINGS:
         value = {"num_steps": 2, "choice_temperature": 1.0, "decoding": "sjd", "window": 3, "jacobi_init": "spatial", "lantern_k": 2,
-                 "lantern_delta": 0.2, "draft_scales": 2, "depth_schedule": (1, 1, 1, 1)}[name]  # fmt: skip
+                 "lantern_delta": 0.2, "draft_scales": 2, "depth_schedule": (1, 1, 1, 1), "scales": (1, 2)}[name]  # fmt: skip
         if name in gen.order_class.own_settings:
             pipe.sampling_config(**{name: value})  # accepted
         else:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from arvision.config import Config
 from arvision.tokenizers import KLConfig, KLTokenizer, MultiScaleVQConfig, MultiScaleVQTokenizer, Tokenizer, VQConfig, VQTokenizer
+from arvision.tokenizers.flexscale import FlexScaleConfig, FlexScaleTokenizer
 from arvision.tokenizers.tokenbridge import TokenBridgeConfig, TokenBridgeTokenizer
 
 
@@ -59,7 +60,7 @@ class TokenizerTrainConfig(TrainConfig):
 class TokenizerPreset:
     description: str
     model_class: type[Tokenizer]
-    config: VQConfig | MultiScaleVQConfig | KLConfig
+    config: VQConfig | MultiScaleVQConfig | KLConfig | FlexScaleConfig
     train: TokenizerTrainConfig
 
 
@@ -130,6 +131,20 @@ TOKENIZER_PRESETS["mnist-tokenbridge"] = TokenizerPreset(
     TokenizerTrainConfig(restart_every=0, base="mnist-kl"),
 )
 
+# FlexVAR: every scale quantizes the image at that scale (no residuals); the decoder also trains on 2x images.
+TOKENIZER_PRESETS["tiny-flexscale"] = TokenizerPreset(
+    "tiny FlexVAR multi-scale tokenizer for tests (16x16, independent scales 1,2,4,8, decodes 2x)", FlexScaleTokenizer,
+    FlexScaleConfig(**_TINY_ARCH, patch_nums=(1, 2, 4, 8), train_scales=1, upsample_every=2), _TINY_TRAIN,
+)
+TOKENIZER_PRESETS["mnist-flexscale"] = TokenizerPreset(
+    "MNIST FlexVAR tokenizer: 28x28 grayscale -> independently quantized scales 1-7 (140 ids), codebook 256 "
+    "(l2-normalised), decoder trained up to 14x14 latents (56 px)",
+    FlexScaleTokenizer,
+    FlexScaleConfig(**_MNIST_ARCH, codebook_size=256, codebook_dim=8, patch_nums=(1, 2, 3, 4, 5, 6, 7), train_scales=1,
+                    upsample_every=6),  # fmt: skip
+    TokenizerTrainConfig(steps=1000, batch_size=64, lr=2e-3),
+)
+
 
 def get_tokenizer_preset(name: str) -> TokenizerPreset:
     if name not in TOKENIZER_PRESETS:
@@ -146,6 +161,7 @@ from arvision.generators import (  # noqa: E402
 )  # fmt: skip
 from arvision.generators.base import Generator, GeneratorConfig  # noqa: E402
 from arvision.generators.diffusion import DiffusionHeadConfig  # noqa: E402
+from arvision.generators.flexvar import FlexVARGenerator  # noqa: E402
 from arvision.generators.continuous import ContinuousNextTokenGenerator  # noqa: E402
 from arvision.generators.mar import MarGenerator, mar_backbone  # noqa: E402
 from arvision.generators.tokenbridge import ChannelHeadConfig, TokenBridgeGenerator  # noqa: E402
@@ -304,6 +320,18 @@ GENERATOR_PRESETS["mnist-tokenbridge"] = GeneratorPreset(
     TokenBridgeGenerator, llamagen_backbone(6, 128, 4), "mnist-tokenbridge",
     GeneratorTrainConfig(steps=2000, batch_size=64, lr=2e-3), SamplingConfig(cfg=2.0),
     {"channel_head": ChannelHeadConfig(width=64, depth=1, num_heads=2)},
+)
+
+# FlexVAR: next-scale without residuals, any schedule at sampling (scale-aware positions, random training schedules).
+GENERATOR_PRESETS["tiny-flexvar"] = GeneratorPreset(
+    "tiny FlexVAR generator for tests (any schedule of sides up to 16)", FlexVARGenerator, var_backbone(2, 32, 2),
+    "tiny-flexscale", _TINY_GEN_TRAIN, SamplingConfig(cfg=1.5, cfg_schedule="linear"),
+)
+GENERATOR_PRESETS["mnist-flexvar"] = GeneratorPreset(
+    "MNIST class-conditional FlexVAR generator (next-scale without residuals, VAR backbone) on mnist-flexscale: "
+    "trained on random schedules of sides 1-7, sampled with any schedule of sides up to 14 (56 px)",
+    FlexVARGenerator, var_backbone(6, 128, 4), "mnist-flexscale",
+    GeneratorTrainConfig(steps=1500, batch_size=64, lr=2e-3), SamplingConfig(cfg=2.0, cfg_schedule="linear"),
 )
 
 

@@ -22,9 +22,9 @@ from arvision.metrics import ReconstructionMeter
 from arvision.metrics.mnist_classifier import class_accuracy
 from arvision.pipeline import Pipeline
 
-DEMO_TOKENIZERS = ("mnist-vq", "mnist-msvq", "mnist-kl")
+DEMO_TOKENIZERS = ("mnist-vq", "mnist-msvq", "mnist-kl", "mnist-flexscale")
 DEMO_GENERATORS = ("mnist-raster", "mnist-scale", "mnist-markov-scale", "mnist-neighbor", "mnist-masked", "mnist-mar",
-                   "mnist-tokenbridge")
+                   "mnist-tokenbridge", "mnist-flexvar")
 DEMO_EDITS = (("inpaint", "center"), ("outpaint", "border"))  # file suffix, preset region (cli/edit.py)
 
 

@@ -48,6 +48,25 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--draft-scales", type=int, help="next-scale (CoDe): scales drawn by the model before the refiner takes over")
     p.add_argument("--depth-schedule", type=parse_depths,
                    help="next-scale (VARiant): blocks per scale, comma-separated, e.g. 6,6,6,3,3,3 (mnist-scale-variant)")
+    p.add_argument("--scales", type=parse_sides,
+                   help="FlexVAR (flex-scale order): side of every step's token map, comma-separated, e.g. 1,2,4,7 "
+                        "(4 steps); the last side sets the resolution (mnist-flexvar: 14 -> 56 px)")  # fmt: skip
+    add_search_args(p)
+
+
+def add_search_args(p: argparse.ArgumentParser) -> None:
+    """Test-time search options (arvision.samplers.search)."""
+    g = p.add_argument_group("test-time search", "spend --budget plain decodings per image, keep what --reward prefers")
+    g.add_argument("--search", choices=["best-of-n", "tts-var"],
+                   help="best-of-n (any order) or tts-var (next-scale orders: descending batch, clustering, resampling)")
+    g.add_argument("--reward", help="mnist-classifier (default with --search), classifier:DIR, realism (vs MNIST train) or "
+                                    "realism:REFERENCE (an image folder, .npz or mnist:SPLIT)")  # fmt: skip
+    g.add_argument("--budget", type=int, help="compute per image in plain decodings (best-of-n: the number of candidates)")
+    g.add_argument("--tts-batch-sizes", type=parse_depths, help="tts-var: candidates per image at each scale, e.g. 7,7,4,2,2,2")
+    g.add_argument("--cluster-scales", type=parse_depths, help="tts-var: scales (0-based) after which k-means keeps diverse candidates")
+    g.add_argument("--resample-scales", type=parse_depths, help="tts-var: scales after which candidates are resampled by potential")
+    g.add_argument("--potential", choices=["value", "diff", "max", "sum"], help="tts-var: potential from the reward history (default value)")
+    g.add_argument("--tts-lambda", type=float, help="tts-var: sharpness of the resampling draw exp(lambda * potential) (default 1)")
 
 
 def sampling_kwargs(args: argparse.Namespace) -> dict:
@@ -55,19 +74,45 @@ def sampling_kwargs(args: argparse.Namespace) -> dict:
             "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "num_steps": args.num_steps,
             "choice_temperature": args.choice_temperature, "decoding": args.decoding, "window": args.window,
             "jacobi_init": args.jacobi_init, "draft_scales": args.draft_scales, "depth_schedule": args.depth_schedule,
-            "lantern_k": args.lantern_k, "lantern_delta": args.lantern_delta, "diffusion_steps": args.diffusion_steps}  # fmt: skip
+            "lantern_k": args.lantern_k, "lantern_delta": args.lantern_delta, "diffusion_steps": args.diffusion_steps,
+            "scales": args.scales}  # fmt: skip
 
 
 def model_kwargs(args: argparse.Namespace) -> dict:
-    """The models a sampling command passes beside the settings (a draft model, a CoDe refiner)."""
-    return {k: getattr(args, k) for k in ("draft", "refiner") if getattr(args, k)}
+    """What a sampling command passes beside the settings: a draft model, a CoDe refiner, a search."""
+    return {**{k: getattr(args, k) for k in ("draft", "refiner") if getattr(args, k)}, **search_kwargs(args)}
 
 
-def parse_depths(text: str) -> tuple[int, ...]:
+def search_kwargs(args: argparse.Namespace) -> dict:
+    """``search``/``reward``/``budget`` for ``Pipeline.sample`` from the search options (none without --search)."""
+    from arvision.samplers.search import TTSVAR
+
+    options = {"batch_sizes": "tts_batch_sizes", "cluster_scales": "cluster_scales", "resample_scales": "resample_scales",
+               "potential": "potential", "lam": "tts_lambda"}  # TTSVAR field -> option
+    tts = {k: getattr(args, o) for k, o in options.items() if getattr(args, o) is not None}
+    if args.search is None:
+        if tts or args.reward or args.budget is not None:
+            raise ValueError("--reward, --budget and the tts-var options need --search best-of-n or --search tts-var")
+        return {}
+    if tts and args.search != "tts-var":
+        raise ValueError(f"--{options[next(iter(tts))].replace('_', '-')} is a tts-var option; --search {args.search} does not use it")
+    search = TTSVAR(**tts) if args.search == "tts-var" else args.search
+    return {"search": search, "reward": args.reward or "mnist-classifier", "budget": args.budget}
+
+
+def _parse_ints(text: str, what: str) -> tuple[int, ...]:
     try:
         return tuple(int(d) for d in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated block counts such as 6,6,6,3,3,3, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}") from None
+
+
+def parse_depths(text: str) -> tuple[int, ...]:
+    return _parse_ints(text, "block counts such as 6,6,6,3,3,3")
+
+
+def parse_sides(text: str) -> tuple[int, ...]:
+    return _parse_ints(text, "sides such as 1,2,4,7")
 
 
 def parse_classes(text: str | None) -> list[int] | None:

@@ -4,6 +4,7 @@ from arvision.generators.base import Generator, GeneratorConfig, GridConfig, Gri
 from arvision.generators.parts import CategoricalHead, ClassCondition
 from arvision.generators.continuous import ContinuousNextTokenConfig, ContinuousNextTokenGenerator
 from arvision.generators.diffusion import DiffusionHead, DiffusionHeadConfig
+from arvision.generators.flexvar import FlexVARConfig, FlexVARGenerator
 from arvision.generators.mar import MarConfig, MarGenerator
 from arvision.generators.markov_scale import MarkovScaleConfig, MarkovScaleGenerator
 from arvision.generators.masked import MaskedConfig, MaskedGenerator
@@ -14,7 +15,7 @@ from arvision.generators.tokenbridge import ChannelARHead, ChannelHeadConfig, To
 from arvision.samplers.config import SamplingConfig
 
 __all__ = [
-    "CategoricalHead", "ClassCondition", "ContinuousNextTokenConfig", "ContinuousNextTokenGenerator", "DiffusionHead", "DiffusionHeadConfig", "Generator", "MarConfig", "MarGenerator", "GeneratorConfig", "GridConfig", "GridGenerator", "MarkovScaleConfig", "MarkovScaleGenerator", "MaskedConfig", "MaskedGenerator",
+    "CategoricalHead", "ClassCondition", "ContinuousNextTokenConfig", "ContinuousNextTokenGenerator", "DiffusionHead", "DiffusionHeadConfig", "FlexVARConfig", "FlexVARGenerator", "Generator", "MarConfig", "MarGenerator", "GeneratorConfig", "GridConfig", "GridGenerator", "MarkovScaleConfig", "MarkovScaleGenerator", "MaskedConfig", "MaskedGenerator",
     "NeighborConfig", "NeighborGenerator", "NextScaleConfig", "NextScaleGenerator", "NextTokenConfig",
     "NextTokenGenerator", "SamplingConfig", "rope_2d_table", "ChannelARHead", "ChannelHeadConfig", "TokenBridgeGenConfig",
     "TokenBridgeGenerator",

@@ -48,6 +48,10 @@ class SamplingConfig(Config):
     Continuous tokens (a diffusion head, MAR): ``diffusion_steps`` = denoising steps per token
     (None = the head's default, MAR: 100); ``temperature`` scales the noise of every denoising
     step (MAR's temperature). ``top_k``/``top_p`` apply to categorical heads only.
+
+    FlexVAR (``flex-scale`` order): ``scales`` = the side of every step's token map, coarse to
+    fine (None = the model's training sides): the number of steps and, with the last side, the
+    output resolution (last side x the tokenizer's downsampling) are chosen at sampling time.
     """
 
     cfg: float = 1.0
@@ -66,6 +70,7 @@ class SamplingConfig(Config):
     draft_scales: int | None = None
     depth_schedule: tuple[int, ...] | None = None
     diffusion_steps: int | None = None
+    scales: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.cfg_schedule not in CFG_SCHEDULES:
@@ -104,6 +109,13 @@ class SamplingConfig(Config):
             raise ValueError(f"diffusion_steps must be a positive number of denoising steps (None = the head's default), "
                              f"got {self.diffusion_steps!r}")  # fmt: skip
 
+        if self.scales is not None and (isinstance(self.scales, (str, bytes)) or not self.scales
+                                        or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in self.scales)):  # fmt: skip
+            raise ValueError(f"scales must be positive token-map sides, coarse to fine, e.g. (1, 2, 4, 7) (None = the "
+                             f"model's own), got {self.scales!r}")  # fmt: skip
+        if isinstance(self.scales, list):
+            object.__setattr__(self, "scales", tuple(self.scales))
+
     def guided(self) -> bool:
         return self.cfg != (0.0 if self.cfg_schedule == "linear" else 1.0)
 
@@ -114,6 +126,6 @@ class SamplingConfig(Config):
 
 # settings only some orders read (each order lists its own in Order.own_settings)
 ORDER_SETTINGS = ("num_steps", "choice_temperature", "decoding", "window", "jacobi_init", "lantern_k", "lantern_delta",
-                  "draft_scales", "depth_schedule")  # fmt: skip
+                  "draft_scales", "depth_schedule", "scales")  # fmt: skip
 # settings only some heads read (each head lists its own in ``own_settings``; categorical: top_k, top_p)
 HEAD_SETTINGS = ("top_k", "top_p", "diffusion_steps")

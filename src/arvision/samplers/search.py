@@ -210,7 +210,7 @@ def best_of_n(generator, tokenizer, labels_Q: Tensor, s: SamplingConfig, rng: to
     t0 = time.perf_counter()
     labels_B = labels_Q.repeat_interleave(n)
     out = decode_fn(generator, tokenizer, labels_B, s, rng, progress=progress)
-    images = tokenizer.decode(out.tokens)
+    images = generator.order_class(generator, tokenizer).images(out.state)  # the order's images (FlexVAR: the schedule's size)
     scores = _score(reward, images, labels_B)
     best = _best_per_request(scores, n).to(out.tokens.device)
     st = out.stats
@@ -258,7 +258,7 @@ def tts_var(generator, tokenizer, labels_Q: Tensor, s: SamplingConfig, rng: torc
         run.select(rows)
         if history is not None:
             history = history[rows]
-    images = tokenizer.decode(run.state.tokens_BL)
+    images = run.order.images(run.state)
     scores = _score(reward, images, run.labels_B)
     evaluations += len(scores)
     best = _best_per_request(scores, sizes[-1]).to(images.device)

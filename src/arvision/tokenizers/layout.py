@@ -4,6 +4,8 @@ against it without knowing the tokenizer's class.
 * ``grid``: an h x w grid in raster order (VQ, LlamaGen);
 * ``scales``: a pyramid of pn x pn grids, coarse to fine, concatenated (VAR's multi-scale VQ);
   ``code_dim`` is the width of the latent a next-scale generator reads;
+* ``flex-scales``: the same pyramid layout, but every scale quantizes the image at that scale on
+  its own, not a residual (FlexVAR), so a generator may pick any subset of sides;
 * ``sequence``: a 1-D sequence of ``length`` tokens (room for TiTok/FlexTok, JPEG bytes).
 
 ``continuous``: the tokens are ``code_dim``-dimensional float vectors (B, L, code_dim) instead
@@ -22,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-KINDS = ("grid", "scales", "sequence")
+KINDS = ("grid", "scales", "flex-scales", "sequence")
+SCALE_KINDS = ("scales", "flex-scales")
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,7 @@ class TokenLayout:
     def num_tokens(self) -> int:
         if self.kind == "grid":
             return self.grid[0] * self.grid[1]
-        if self.kind == "scales":
+        if self.kind in SCALE_KINDS:
             return sum(p * p for p in self.scales)
         return self.length
 
@@ -70,8 +73,9 @@ class TokenLayout:
                 "channel-ids": f" of {self.code_dim}-channel tokens ({self.channel_bins} levels per channel)"}[self.token_kind]
         if self.kind == "grid":
             return f"a {self.grid[0]}x{self.grid[1]} token grid{what}"
-        if self.kind == "scales":
-            return f"token scales {'/'.join(map(str, self.scales))}{what}"
+        if self.kind in SCALE_KINDS:
+            kind = "independently quantized token scales" if self.kind == "flex-scales" else "token scales"
+            return f"{kind} {'/'.join(map(str, self.scales))}{what}"
         return f"a sequence of {self.length} tokens{what}"
 
     def token_mask(self, mask_B1HW: Tensor) -> Tensor:
@@ -87,7 +91,7 @@ class TokenLayout:
         m = mask_B1HW.float()
         if self.kind == "grid":
             return F.adaptive_max_pool2d(m, self.grid).flatten(1) > 0
-        if self.kind == "scales":
+        if self.kind in SCALE_KINDS:
             *coarse, last = self.scales
             parts = [F.adaptive_avg_pool2d(m, p).flatten(1) > 0.5 for p in coarse]
             return torch.cat([*parts, F.adaptive_max_pool2d(m, last).flatten(1) > 0], 1)

@@ -6,6 +6,8 @@
 SSIM, and codebook usage and perplexity, or token statistics for continuous tokens).
 ``resume=True`` continues bit-exactly from the checkpoint.
 
+A tokenizer with a ``training_loss(images, step, generator)`` method (FlexVAR's multi-scale
+tokenizer) computes its own loss; the loop does the rest (restarts from its candidates included).
 A tokenizer with continuous tokens (the KL autoencoder) has no codebook: its ``quant_loss`` is
 the weighted KL, its posterior samples come from a checkpointed generator, and there are no
 restarts or usage counts. A post-training tokenizer (one with a ``fit`` method: TokenBridge) takes
@@ -127,9 +129,12 @@ def train_tokenizer(
         for x, _ in batch_iterator(train_set, sampler, num_workers=tc.num_workers):
             set_lr(opt, step, tc)
             x = x.to(device).contiguous(memory_format=torch.channels_last)
-            o = model(x, generator=noise_rng) if continuous else model(x)
-            rec = F.mse_loss(o.recon, x)
-            loss = rec + o.quant_loss
+            if hasattr(model, "training_loss"):  # a loss of its own (FlexVAR's tokenizer: every scale, 2x steps)
+                loss, rec, o = model.training_loss(x, step, restart_rng)
+            else:
+                o = model(x, generator=noise_rng) if continuous else model(x)
+                rec = F.mse_loss(o.recon, x)
+                loss = rec + o.quant_loss
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower --lr")
             opt.zero_grad(set_to_none=True)
