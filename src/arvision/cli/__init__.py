@@ -11,7 +11,7 @@ from arvision.errors import ArvisionError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from arvision.cli import convert, demo, edit, eval, generate, models, reconstruct, train
+    from arvision.cli import convert, demo, edit, eval, generate, models, reconstruct, train, tune
 
     parser = argparse.ArgumentParser(
         prog="arvision",
@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     models.register(sub)
     reconstruct.register(sub)
     train.register(sub)
+    tune.register(sub)
     return parser
 
 

@@ -141,10 +141,14 @@ class Reference:
 def _reference_images(spec: str, *, channels: int, image_size: int) -> Iterator[Tensor]:
     """uint8 image batches of a reference given as ``mnist:SPLIT``, an .npz with ``arr_0`` or a folder."""
     if spec.startswith("mnist"):
-        split = spec.partition(":")[2] or "test"
+        _, split, count = (spec.split(":") + ["", ""])[:3]
         from arvision.data import load_mnist
 
-        images, _ = load_mnist(split)  # uint8 (N, 28, 28)
+        images, _ = load_mnist(split or "test")  # uint8 (N, 28, 28)
+        if count:
+            if not count.isdigit() or int(count) < 2:
+                raise DataError(f"reference {spec!r}: mnist:SPLIT:N takes the first N >= 2 images of the split")
+            images = images[: int(count)]
         yield images[:, None]
         return
     p = Path(spec)
@@ -158,7 +162,7 @@ def _reference_images(spec: str, *, channels: int, image_size: int) -> Iterator[
         for x, _ in DataLoader(ImageFolder(p, image_size=image_size, channels=channels), batch_size=200):
             yield to_uint8((x + 1) / 2)
         return
-    raise DataError(f"reference {spec!r} not found: use mnist:test / mnist:train, an .npz (arr_0 images or mu/sigma) or a folder of images")
+    raise DataError(f"reference {spec!r} not found: use mnist:test / mnist:train (mnist:train:10000 = its first 10,000), an .npz (arr_0 images or mu/sigma) or a folder of images")
 
 
 def load_reference(spec: str, extractor: FeatureExtractor, *, channels: int = 3, image_size: int = 256,
