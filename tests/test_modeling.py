@@ -108,3 +108,16 @@ def test_shipped_models_load_by_name() -> None:
     assert all(desc for desc in names.values())
     tok = arvision.load("mnist-vq")
     assert tok.model_type == "vq_tokenizer" and tok.info["metrics"]["psnr"] >= 24
+
+
+def test_weights_get_the_same_permissions_as_the_config(tmp_path) -> None:
+    """safetensors creates its files 0600; saved weights must be readable like config.json beside them."""
+    import stat
+
+    from arvision.tokenizers import VQConfig, VQTokenizer
+
+    out = VQTokenizer(VQConfig(image_size=16, in_channels=1, ch=8, ch_mult=(1, 2), num_res_blocks=1, z_channels=8,
+                               norm_groups=4, codebook_size=32, codebook_dim=4)).save_pretrained(tmp_path / "m")  # fmt: skip
+    mode = lambda name: stat.S_IMODE((out / name).stat().st_mode)  # noqa: E731
+    assert mode("model.safetensors") == mode("config.json")
+    assert not list(out.glob("*.tmp"))

@@ -43,6 +43,31 @@ def registered_model_types() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def write_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
+    """Write a safetensors file atomically (an interrupted save never leaves a half-written file)
+    with the usual permissions: safetensors creates 0600 files, ``config.json`` beside them is
+    0644 (under umask 022), so the weights get the same mode as any new file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    os.chmod(tmp, 0o666 & ~_umask())
+    os.replace(tmp, path)
+    return path
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where the OS allows (Linux), else set and restored."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 class PretrainedModel(nn.Module):
     """Base of every saveable arvision model: ``save_pretrained`` / ``from_pretrained``."""
 
@@ -64,10 +89,7 @@ class PretrainedModel(nn.Module):
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        weights = out / WEIGHTS_NAME
-        tmp = weights.with_suffix(".tmp")
-        save_file(state, str(tmp))
-        os.replace(tmp, weights)  # atomic: an interrupted save never leaves a half-written file
+        weights = write_safetensors(state, out / WEIGHTS_NAME)
         if info is not None:
             self.info = dict(info)
         meta = {

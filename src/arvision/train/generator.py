@@ -18,14 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from arvision.data import get_dataset
 from arvision.evaluate import ordered_batches
 from arvision.generators import Generator
 from arvision.hub import load, resolve
-from arvision.modeling import _REGISTRY, _sha256
+from arvision.modeling import _REGISTRY, _sha256, write_safetensors
 from arvision.pipeline import TOKENIZER_DIR, Pipeline, same_weights
 from arvision.presets import GeneratorTrainConfig, get_generator_preset
 from arvision.tokenizers import Tokenizer
@@ -70,8 +70,8 @@ def encode_dataset(tokenizer: Tokenizer, data: str, cache: Path, *, tokenizer_id
         dtype = torch.float32
     else:
         dtype = torch.int16 if tokenizer.layout.vocab_size <= 32767 else torch.int32
-    save_file({"tokens": tokens.to(dtype), "labels": labels}, str(cache),
-              metadata={"key": json.dumps(key), "num_classes": str(num_classes)})  # fmt: skip
+    write_safetensors({"tokens": tokens.to(dtype), "labels": labels}, cache,
+                      metadata={"key": json.dumps(key), "num_classes": str(num_classes)})  # fmt: skip
     return tokens, labels, num_classes
 
 
