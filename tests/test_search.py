@@ -235,7 +235,7 @@ def test_cli_search(capsys, tmp_path) -> None:
 
     out = tmp_path / "grid.png"
     assert main(["generate", "mnist-scale", "--classes", "3", "-n", "2", "--search", "tts-var", "--budget", "2", "-o", str(out)]) == 0
-    assert out.is_file()
+    assert out.is_file() and "12.0 candidate passes/image, mean reward" in capsys.readouterr().out
     assert main(["generate", "mnist-scale", "--classes", "3", "-n", "1", "--budget", "2", "-o", str(out)]) == 2
     assert "need --search" in capsys.readouterr().err
     assert main(["generate", "mnist-scale", "--classes", "3", "-n", "1", "--search", "best-of-n", "--budget", "2",

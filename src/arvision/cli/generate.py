@@ -136,6 +136,8 @@ def run(args: argparse.Namespace) -> int:
         for i, (img, c) in enumerate(zip(out.images, out.labels.tolist())):
             save_image(img[None] * 2 - 1, d / f"{c}_{i % args.n:04d}.png", padding=0)
     s = out.stats
+    search = "" if out.scores is None else (f", search: {s.candidate_passes / s.images:.1f} candidate passes/image, "
+                                             f"mean reward {out.scores.mean():.4f}")  # fmt: skip
     print(f"{s.images} images in {s.seconds:.2f} s ({1000 * s.seconds_per_image:.1f} ms/image, "
-          f"{s.forward_passes_per_image:.2f} forward passes/image) -> {path}")  # fmt: skip
+          f"{s.forward_passes_per_image:.2f} forward passes/image{search}) -> {path}")  # fmt: skip
     return 0
