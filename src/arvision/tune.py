@@ -123,14 +123,15 @@ def _floor(extractor, ref, reference: str, n: int) -> dict[str, float] | None:
     (MNIST train images after the first K of an ``mnist:train:K`` reference): what a perfect
     generator would score at this sample size. (The MNIST test split is not used: its two halves
     come from different writers and sit measurably apart from the training digits.)"""
-    parts = reference.split(":")
-    if extractor.name != "mnist" or parts[:2] != ["mnist", "train"] or len(parts) != 3 or not parts[2].isdigit():
-        return None
     from arvision.data import load_mnist
     from arvision.evaluate import score_features
+    from arvision.metrics.features import mnist_reference
 
+    mnist = mnist_reference(reference)
+    if extractor.name != "mnist" or mnist is None or mnist[0] != "train" or mnist[1] is None:
+        return None
     images, labels = load_mnist("train")
-    k = int(parts[2])
+    k = mnist[1]
     if k + n > len(images):
         return None
     feats, logits = extractor.extract(images[k : k + n, None])

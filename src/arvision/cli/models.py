@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from arvision.samplers.config import SamplingConfig
-
 import argparse
 import json
 from pathlib import Path
 
 from arvision.hub import list_models, load, resolve
 from arvision.pipeline import Pipeline
+from arvision.samplers.config import SamplingConfig
 
 
 _TRAINING_FIELDS = (("steps", " steps"), ("epochs", " epochs"), ("batch_size", " per batch"), ("seconds", " s"),

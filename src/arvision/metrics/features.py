@@ -138,18 +138,24 @@ class Reference:
     logits: Tensor | None = None
 
 
+def mnist_reference(spec: str) -> tuple[str, int | None] | None:
+    """(split, first N images or None) of a reference ``mnist[:SPLIT[:N]]``; None for other references."""
+    if not spec.startswith("mnist"):
+        return None
+    _, split, count = (spec.split(":") + ["", ""])[:3]
+    if count and (not count.isdigit() or int(count) < 2):
+        raise DataError(f"reference {spec!r}: mnist:SPLIT:N takes the first N >= 2 images of the split")
+    return split or "test", int(count) if count else None
+
+
 def _reference_images(spec: str, *, channels: int, image_size: int) -> Iterator[Tensor]:
-    """uint8 image batches of a reference given as ``mnist:SPLIT``, an .npz with ``arr_0`` or a folder."""
-    if spec.startswith("mnist"):
-        _, split, count = (spec.split(":") + ["", ""])[:3]
+    """uint8 image batches of a reference given as ``mnist:SPLIT[:N]``, an .npz with ``arr_0`` or a folder."""
+    mnist = mnist_reference(spec)
+    if mnist is not None:
         from arvision.data import load_mnist
 
-        images, _ = load_mnist(split or "test")  # uint8 (N, 28, 28)
-        if count:
-            if not count.isdigit() or int(count) < 2:
-                raise DataError(f"reference {spec!r}: mnist:SPLIT:N takes the first N >= 2 images of the split")
-            images = images[: int(count)]
-        yield images[:, None]
+        images, _ = load_mnist(mnist[0])  # uint8 (N, 28, 28)
+        yield images[: mnist[1], None]
         return
     p = Path(spec)
     if p.suffix == ".npz":

@@ -41,7 +41,8 @@ from tqdm.auto import tqdm
 
 from arvision.config import Config
 from arvision.samplers.config import SamplingConfig
-from arvision.samplers.loop import DecodeOutput, DecodeRun, SamplingStats
+from arvision.rewards import check_scores
+from arvision.samplers.loop import DecodeOutput, DecodeRun, SamplingStats, check_settings
 from arvision.samplers.order import Order
 
 POTENTIALS = ("value", "diff", "max", "sum")
@@ -162,8 +163,6 @@ def make_search(search: "str | BestOfN | TTSVAR") -> "BestOfN | TTSVAR":
 
 
 def _score(reward: RewardFn, images_BCHW: Tensor, labels_B: Tensor) -> Tensor:
-    from arvision.rewards import check_scores
-
     return check_scores(reward(images_BCHW.add(1).div(2).clamp(0, 1), labels_B), images_BCHW.shape[0])
 
 
@@ -226,11 +225,9 @@ def tts_var(generator, tokenizer, labels_Q: Tensor, s: SamplingConfig, rng: torc
             budget: int, config: TTSVAR, progress: bool = False) -> tuple[DecodeOutput, Tensor, Tensor]:  # fmt: skip
     """(output, images in [-1, 1], scores) of TTS-VAR for every request (see the module docstring)."""
     t0 = time.perf_counter()
-    order = generator.order_class(generator, tokenizer)
-    order.check(s)
-    groups = order.plan(s)[-1].group + 1
-    if type(order).preview is Order.preview:  # no partial image to score
-        raise ValueError(f"search='tts-var' scores partial images between scales, which the {order.name} order does not "
+    groups = check_settings(generator, s)[-1].group + 1
+    if generator.order_class.preview is Order.preview:  # no partial image to score
+        raise ValueError(f"search='tts-var' scores partial images between scales, which the {generator.order_class.name} order does not "
                          "have: use it with a next-scale model (e.g. mnist-scale), or search='best-of-n' for any order")  # fmt: skip
     sizes, clusters, resample = config.schedule(groups, budget)
     Q = labels_Q.shape[0]
@@ -244,7 +241,7 @@ def tts_var(generator, tokenizer, labels_Q: Tensor, s: SamplingConfig, rng: torc
         if step.index != last[k] or k == groups - 1 or (k not in clusters and k not in resample):
             continue
         K, K_next = sizes[k], sizes[k + 1]
-        images = order.preview(run.state)
+        images = run.order.preview(run.state)
         if k in clusters:
             feats = _features(images, config)
             rows = torch.cat([kmeans_select(feats[q * K : (q + 1) * K], K_next, rng) + q * K for q in range(Q)])
