@@ -95,18 +95,6 @@ def test_bad_arguments_exit_with_usage(argv) -> None:
     assert e.value.code == 2
 
 
-@pytest.fixture(scope="module")
-def tiny_pipeline_dir(tmp_path_factory):
-    from arvision.pipeline import Pipeline
-    from arvision.presets import GENERATOR_PRESETS, TOKENIZER_PRESETS
-
-    gp = GENERATOR_PRESETS["tiny-scale"]
-    tp = TOKENIZER_PRESETS[gp.tokenizer]
-    tok = tp.model_class(tp.config)
-    pipe = Pipeline(tok, gp.model_class(gp.build_config(tok, 10)))
-    return pipe.save_pretrained(tmp_path_factory.mktemp("pipe") / "tiny-scale", info={"description": "tiny"})
-
-
 def test_generate_writes_a_grid(tmp_path, capsys, tiny_pipeline_dir) -> None:
     out = tmp_path / "grid.png"
     code, stdout, err = run(capsys, "generate", str(tiny_pipeline_dir), "--classes", "0,1,2", "-n", "2", "--cfg", "2",

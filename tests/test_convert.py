@@ -77,7 +77,7 @@ def test_var_converted_reproduces_every_official_sampling_run(var_dirs) -> None:
         ref = fx["sampling"][run]
         k = ref["kwargs"]
         decode = run == "fid_setting_seed0"  # images of the others follow from the same tokens and decoder
-        out = pipe.sample(FX_VAR_LABELS, 1, cfg=k["cfg"], top_k=k["top_k"], top_p=k["top_p"], seed=k["g_seed"], decode=decode)
+        out = pipe.sample(FX_VAR_LABELS, 1, cfg=k["cfg"], top_k=k["top_k"], top_p=k["top_p"], seed=torch.Generator().manual_seed(k["g_seed"]), decode=decode)
         assert torch.equal(out.tokens, torch.cat(ref["idx_Bl"], 1)), run
         if decode:
             torch.testing.assert_close(out.images, ref["images"], atol=2e-4, rtol=0, msg=run)

@@ -93,7 +93,7 @@ def test_corrupt_files_are_skipped_and_counted(folder) -> None:
     (folder / "cat" / "random.png").write_bytes(np.random.default_rng(0).bytes(300))
     good = (folder / "cat" / "a.png").read_bytes()
     (folder / "dog" / "truncated.png").write_bytes(good[: len(good) // 2])
-    with pytest.warns(UserWarning, match="skipped 2 unreadable or corrupt"):
+    with pytest.warns(UserWarning, match="skipped 2 unreadable, corrupt or too large"):
         ds = ImageFolder(folder, image_size=8)
     assert len(ds) == 5 and len(ds.skipped) == 2
 

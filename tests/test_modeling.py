@@ -64,6 +64,15 @@ def test_newer_format(model_dir) -> None:
         arvision.load(model_dir)
 
 
+@pytest.mark.parametrize("bad", [None, [1], "1", 0, True])
+def test_format_that_is_not_a_number(model_dir, bad) -> None:
+    meta = json.loads((model_dir / CONFIG_NAME).read_text())
+    meta["format"] = bad
+    (model_dir / CONFIG_NAME).write_text(json.dumps(meta))
+    with pytest.raises(ModelFileError, match="not a format number"):
+        arvision.load(model_dir)
+
+
 def test_unknown_config_key_from_a_newer_version(model_dir) -> None:
     meta = json.loads((model_dir / CONFIG_NAME).read_text())
     meta["config"]["some_future_option"] = True
@@ -87,7 +96,7 @@ def test_weights_of_another_model(model_dir, tmp_path) -> None:
     meta = json.loads((model_dir / CONFIG_NAME).read_text())
     del meta["weights_sha256"]
     (model_dir / CONFIG_NAME).write_text(json.dumps(meta))
-    with pytest.raises(ModelFileError, match="do not fit VQTokenizer.*(missing|unexpected|shape)"):
+    with pytest.raises(ModelFileError, match="do not fit VQTokenizer.*(missing|unexpected|mis-shaped)"):
         arvision.load(model_dir)
 
 

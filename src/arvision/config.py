@@ -33,12 +33,41 @@ class Config:
                 "If this config was written by a newer arvision, upgrade arvision."
             )
         hints = typing.get_type_hints(cls)
+        for k, v in data.items():
+            _check_type(cls, k, v, hints.get(k))
         kwargs = {k: _from_json(v, hints.get(k)) for k, v in data.items()}
         return cls(**kwargs)
 
     def replace(self: T, **changes: Any) -> T:
         """A copy with some fields changed (validated again by ``__post_init__``)."""
         return dataclasses.replace(self, **changes)
+
+
+_JSON_TYPES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def _check_type(cls: type, name: str, value: Any, hint: Any) -> None:
+    """A clear TypeError when a JSON value cannot be the field's plain type (a config edited by
+    hand or damaged: ``"depth": "12"``, ``"transformer": []``); unions and other hints pass."""
+    if isinstance(hint, type) and issubclass(hint, Config):
+        ok, want = isinstance(value, dict), "an object of its fields"
+    elif hint in _JSON_TYPES:
+        want = _JSON_TYPES[hint]
+        if hint is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, hint) and (hint is bool or not isinstance(value, bool))
+    elif typing.get_origin(hint) is tuple:
+        ok, want = isinstance(value, (list, tuple)), "a list"
+    else:
+        return
+    if not ok:
+        raise TypeError(f"{cls.__name__}.{name} must be {want}, got {_json_repr(value)}")
+
+
+def _json_repr(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _jsonable(value: Any) -> Any:

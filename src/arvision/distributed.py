@@ -18,6 +18,7 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    own_group: bool = False  # a one-process group made for FSDP, which shutdown() destroys
 
     @property
     def is_main(self) -> bool:
@@ -42,6 +43,16 @@ def init(device: str) -> tuple[DistInfo, str]:
     return DistInfo(rank, world, local), device
 
 
+def one_process_group(info: DistInfo, device: str) -> DistInfo:
+    """A single process without a group gets a one-process, in-memory one (FSDP needs a group even
+    then), which :func:`shutdown` ends; otherwise ``info`` as it is. Made as late as possible, so
+    that a mistake found before the model is built leaves no group behind."""
+    if info.enabled or dist.is_initialized():
+        return info
+    dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo", store=dist.HashStore(), rank=0, world_size=1)
+    return DistInfo(own_group=True)
+
+
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()
@@ -53,6 +64,8 @@ def check_in_sync(model: torch.nn.Module, info: DistInfo) -> float:
         return 0.0
     worst = torch.zeros(())
     for p in model.parameters():
+        if isinstance(p, torch.distributed.tensor.DTensor):  # an FSDP shard: one copy, nothing to compare
+            continue
         ref = p.detach().clone()
         dist.broadcast(ref, src=0)
         worst = torch.maximum(worst, (ref - p.detach()).abs().max().cpu())
@@ -60,7 +73,16 @@ def check_in_sync(model: torch.nn.Module, info: DistInfo) -> float:
     return float(worst)
 
 
+def mean_over_ranks(x: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """The mean of ``x`` over the processes (every rank must call), e.g. each rank's loss on its share."""
+    if not info.enabled:
+        return x
+    x = x.detach().clone()
+    dist.all_reduce(x)
+    return x / info.world_size
+
+
 def shutdown(info: DistInfo) -> None:
-    if info.enabled and dist.is_initialized():
+    if (info.enabled or info.own_group) and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()

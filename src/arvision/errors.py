@@ -18,3 +18,12 @@ class ModelFileError(ArvisionError, ValueError):
 
 class DataError(ArvisionError, ValueError):
     """A dataset path is missing, empty, or holds no readable images."""
+
+
+class DeviceError(ArvisionError, ValueError):
+    """A ``device`` that PyTorch does not know, or that this machine or PyTorch build does not have."""
+
+
+class OutputError(ArvisionError, ValueError):
+    """An output location cannot be used: not writable, a file where a folder is needed (or the
+    reverse), an unknown image extension, or an existing model/run that would be replaced."""

@@ -1,8 +1,8 @@
 """Evaluation drivers: a tokenizer on held-out images, a generator's samples against real data.
 
-:func:`evaluate_generator` generates ``n`` class-balanced samples in fixed-size chunks, each with
-its own seed, so the samples do not depend on how many processes share the work or on where an
-interrupted run resumed. Every chunk is written to ``out_dir/chunks/`` (images, labels, features,
+:func:`evaluate_generator` generates ``n`` class-balanced samples in fixed-size chunks; sample i
+has its own random stream (``image_seeds(seed, n)[i]``), so the samples do not depend on the chunk
+size, on how many processes share the work or on where an interrupted run resumed. Every chunk is written to ``out_dir/chunks/`` (images, labels, features,
 logits) as soon as it is done: a rerun skips finished chunks. Under ``torchrun`` rank r takes
 chunks r, r+W, ...; rank 0 then reads every chunk exactly once and computes the metrics.
 """
@@ -13,6 +13,7 @@ import dataclasses
 import json
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
@@ -25,6 +26,9 @@ from arvision.errors import DataError
 from arvision.metrics import CodebookStats, ReconstructionMeter
 from arvision.metrics.features import FeatureExtractor, Reference, save_samples_npz, to_uint8
 from arvision.metrics.generative import FeatureStats, frechet_distance, inception_score, kernel_inception_distance, precision_recall
+from arvision.outputs import write_json
+from arvision.runtime import check_precision
+from arvision.samplers.rng import image_seeds
 from arvision.tokenizers import Tokenizer
 
 if TYPE_CHECKING:
@@ -106,6 +110,17 @@ def ordered_batches(dataset: Dataset, batch_size: int) -> Iterator[torch.Tensor]
 
 
 # -- generators ---------------------------------------------------------------------------------
+def balanced_count(n: int, num_classes: int) -> int:
+    """``n`` rounded up to a multiple of ``num_classes`` (warns when it changes): equal samples per class."""
+    if num_classes > 1 and n % num_classes:
+        up = -(-n // num_classes) * num_classes
+        warnings.warn(f"n={n} is not a multiple of the {num_classes} classes: generating {up} samples ({up // num_classes} "
+                      "per class) so that every class is equally represented (an uneven mix biases FID and KID)",
+                      stacklevel=3)  # fmt: skip
+        return up
+    return n
+
+
 def balanced_labels(n: int, num_classes: int) -> torch.Tensor:
     """``n`` class ids cycling 0, 1, ..., K-1, 0, 1, ... (every class within one of n/K)."""
     return torch.arange(n) % num_classes
@@ -128,9 +143,14 @@ def _load_chunk(path: Path) -> dict[str, np.ndarray] | None:
 def evaluate_generator(
     pipe: "Pipeline", extractor: FeatureExtractor, reference: Reference | None, *, n: int, out_dir: str | os.PathLike,
     batch_size: int = 100, seed: int = 0, progress: bool = True, dist: "DistInfo | None" = None, model: str | None = None,
-    kid_subsets: int = 100, kid_subset_size: int = 1000, pr_k: int = 3, **sampling,
+    kid_subsets: int = 100, kid_subset_size: int = 1000, pr_k: int = 3, overwrite: bool = False, **sampling,
 ) -> dict | None:  # fmt: skip
     """Generate ``n`` class-balanced samples, extract features and score them against ``reference``.
+
+    An ``n`` that is not a multiple of the number of classes is rounded up to the next multiple
+    (with a warning; ``n_requested`` in ``run.json``): with some classes one sample short, the
+    class mix would differ from the reference's and bias FID and KID. ``out_dir`` holding another
+    evaluation run is refused unless ``overwrite`` (its samples are then deleted).
 
     Returns the report (also written to ``out_dir/report.json``) on rank 0 and None on other ranks.
     Samples are written to ``out_dir/samples.npz`` (``arr_0`` uint8 NHWC, ``arr_1`` labels).
@@ -144,10 +164,14 @@ def evaluate_generator(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     out = Path(out_dir)
     chunks_dir = out / "chunks"
-    models = {k: sampling.pop(k) for k in ("draft", "refiner", "search", "reward", "budget") if k in sampling}  # not settings
+    requested, n = n, balanced_count(n, pipe.num_classes)
+    models = {k: sampling.pop(k) for k in ("draft", "refiner", "search", "reward", "budget", "precision") if k in sampling}  # not settings
     s = pipe.sampling_config(**sampling)  # checked: bad settings fail before any file is written
-    run = {"model": model or pipe.info.get("preset", "?"), "n": n, "batch_size": batch_size, "seed": seed,
-           "sampling": s.to_dict(), "features": extractor.name}  # fmt: skip
+    precision = check_precision(models.get("precision") or "fp32", pipe.device)
+    run = {"model": model or pipe.info.get("preset", "?"), "n": n, "batch_size": batch_size, "seed": seed, "seeding": "per-image",
+           "sampling": s.to_dict(), "features": extractor.name, "sampling_precision": precision}  # fmt: skip
+    if n != requested:
+        run["n_requested"] = requested
     if models.get("search") is not None:  # a test-time search: recorded, and its reward loaded once
         from arvision.rewards import get_reward
 
@@ -162,12 +186,19 @@ def evaluate_generator(
         chunks_dir.mkdir(parents=True, exist_ok=True)
         if manifest.is_file():
             old = json.loads(manifest.read_text())
+            old.setdefault("sampling_precision", "fp32")  # recorded since bf16 sampling exists; before, every run was fp32
+            settings = lambda r: {k: v for k, v in r.items() if k != "n_requested"}  # -n 15 and 16: the same 20 samples
+            if settings(old) != settings(run):
+                if not overwrite:
+                    diff = sorted(k for k in run if old.get(k) != run[k])
+                    raise DataError(f"{out} holds samples of another evaluation run (different {', '.join(diff)}): "
+                                    "pass --overwrite to replace them, or use a fresh output directory")  # fmt: skip
+                for f in [*chunks_dir.glob("*.npz"), out / "report.json", out / "samples.npz"]:  # only this run's own files
+                    f.unlink(missing_ok=True)
             if old != run:
-                diff = sorted(k for k in run if old.get(k) != run[k])
-                raise DataError(f"{out} holds samples of another evaluation run (different {', '.join(diff)}): "
-                                "use a fresh output directory or delete it")  # fmt: skip
+                write_json(manifest, run)
         else:
-            manifest.write_text(json.dumps(run, indent=2))
+            write_json(manifest, run)
     barrier(dist)
     labels = balanced_labels(n, pipe.num_classes)
     n_chunks = -(-n // batch_size)
@@ -180,7 +211,7 @@ def evaluate_generator(
     for i in todo:
         lab = labels[i * batch_size : (i + 1) * batch_size]
         t0 = time.perf_counter()
-        res = pipe.sample(lab.tolist(), 1, seed=seed * 1_000_003 + i, batch_size=len(lab), **models, **sampling)
+        res = pipe.sample(lab.tolist(), 1, seed=image_seeds(seed, len(lab), start=i * batch_size), batch_size=len(lab), **models, **sampling)
         images = to_uint8(res.images).cpu()
         t1 = time.perf_counter()
         feats, logits = extractor(images)
@@ -215,7 +246,7 @@ def evaluate_generator(
         report["feature_seconds_per_image"] = seconds["features"] / made
         key = "candidate_passes_per_image" if "search" in run else "forward_passes_per_image"  # a search: every candidate's
         report[key] = sum(steps) / len(steps)
-    (out / "report.json").write_text(json.dumps(report, indent=2))
+    write_json(out / "report.json", report)
     return report
 
 

@@ -8,6 +8,7 @@ import torch
 
 import arvision.generators  # noqa: F401  (their @register_model fills the model registry)
 import arvision.metrics.mnist_classifier  # noqa: F401
+from arvision.devices import check_device
 from arvision.modeling import PretrainedModel, list_models, load_model, read_model_config, resolve, shipped_models_dir  # noqa: F401
 from arvision.pipeline import Pipeline
 from arvision.tokenizers import Tokenizer
@@ -20,8 +21,9 @@ def load(name_or_path: str | os.PathLike, *, device: str | torch.device = "cpu")
     tokenizer (whichever kind), a generator directory a :class:`~arvision.pipeline.Pipeline`
     (generator + its tokenizer + sampling defaults).
     """
+    check_device(device)  # a clear error before anything is read
     path = resolve(name_or_path)
-    if read_model_config(path)["model_type"].endswith("_generator"):
+    if str(read_model_config(path)["model_type"]).endswith("_generator"):
         return Pipeline.from_pretrained(path, device=device)
     return load_model(path, map_location=device)
 

@@ -23,7 +23,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from arvision.config import Config
+from arvision.devices import check_device
 from arvision.errors import ModelFileError
+from arvision.modelcheck import build_guarded, check_header, read_safetensors_header
+from arvision.outputs import atomic_path, umask, write_text
 
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
@@ -47,25 +50,12 @@ def write_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
     """Write a safetensors file atomically (an interrupted save never leaves a half-written file)
     with the usual permissions: safetensors creates 0600 files, ``config.json`` beside them is
     0644 (under umask 022), so the weights get the same mode as any new file."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.chmod(tmp, 0o666 & ~_umask())
-    os.replace(tmp, path)
-    return path
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+    return Path(path)
 
 
-def _umask() -> int:
-    """The process's umask, read without changing it where the OS allows (Linux), else set and restored."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except OSError:
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+_umask = umask  # the old private name
 
 
 class PretrainedModel(nn.Module):
@@ -100,7 +90,7 @@ class PretrainedModel(nn.Module):
             "weights_sha256": _sha256(weights),
             "info": self.info,
         }
-        (out / CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n")
+        write_text(out / CONFIG_NAME, json.dumps(meta, indent=2) + "\n")
         return out
 
     @classmethod
@@ -165,7 +155,10 @@ def read_model_config(directory: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(meta, dict) or "model_type" not in meta or "config" not in meta:
         raise ModelFileError(f"{cfg_path} lacks 'model_type'/'config': it was not written by arvision's save_pretrained")
     fmt = meta.get("format", 1)
-    if not isinstance(fmt, int) or fmt > FORMAT_VERSION:
+    if isinstance(fmt, bool) or not isinstance(fmt, int) or fmt < 1:
+        raise ModelFileError(f"{cfg_path} has format {fmt!r}, which is not a format number (1..{FORMAT_VERSION}); "
+                             "the file was edited or is corrupt: re-save or re-download the model")  # fmt: skip
+    if fmt > FORMAT_VERSION:
         raise ModelFileError(
             f"{cfg_path} has format {fmt}, newer than this arvision supports ({FORMAT_VERSION}); "
             "upgrade arvision (pip install -U arvision) to load it"
@@ -179,10 +172,11 @@ def load_model(directory: str | os.PathLike, *, map_location: str | torch.device
     The registry is filled by the model modules themselves (``@register_model``); importing
     ``arvision`` imports every shipped kind (``arvision.hub``), so this layer imports none of them.
     """
+    check_device(map_location)
     d = Path(directory)
     meta = read_model_config(d)
     model_type = meta["model_type"]
-    if model_type not in _REGISTRY:
+    if not isinstance(model_type, str) or model_type not in _REGISTRY:
         raise ModelFileError(
             f"{d} holds a model of type '{model_type}', unknown to arvision {_version()} "
             f"(known: {', '.join(registered_model_types())}); it may need a newer arvision"
@@ -190,12 +184,17 @@ def load_model(directory: str | os.PathLike, *, map_location: str | torch.device
     cls = _REGISTRY[model_type]
     try:
         config = cls.config_class.from_dict(meta["config"])
-    except (TypeError, ValueError) as e:
-        raise ModelFileError(f"{d / CONFIG_NAME}: invalid config for '{model_type}': {e}") from e
-    model = cls(config)
-    state = load_weights(d / WEIGHTS_NAME, expected_sha256=meta.get("weights_sha256"))
-    load_state_dict_checked(model, state, source=str(d / WEIGHTS_NAME))
-    model.info = dict(meta.get("info") or {})
+    except Exception as e:  # the config's own checks (ValueError/TypeError) or a value they did not foresee
+        raise ModelFileError(f"{d / CONFIG_NAME}: invalid config for '{model_type}': {e or type(e).__name__}") from e
+    weights = d / WEIGHTS_NAME
+    if not weights.is_file():
+        raise ModelFileError(f"missing weights file {weights}: the model directory is incomplete; re-save or re-download it")
+    model = build_guarded(lambda: cls(config), source=str(d / CONFIG_NAME))  # refuses sizes beyond this machine
+    check_header(model, read_safetensors_header(weights), source=str(weights))  # before reading any weight
+    state = load_weights(weights, expected_sha256=meta.get("weights_sha256"))
+    load_state_dict_checked(model, state, source=str(weights))
+    info = meta.get("info")
+    model.info = dict(info) if isinstance(info, dict) else {}
     return model.to(map_location).eval()
 
 
@@ -248,3 +247,36 @@ def _version() -> str:
     from arvision import __version__
 
     return __version__
+
+
+# What `eval generator --record` keeps in a model card (the rest stays in the run's report.json).
+CARD_METRICS = ("fid", "kid", "kid_std", "is", "precision", "recall", "class_accuracy", "num_samples")
+
+
+def check_card_writable(name_or_path: str | os.PathLike) -> Path:
+    """The model directory whose card ``record_metrics`` will update, checked before any work."""
+    from arvision.outputs import check_file
+
+    d = resolve(name_or_path)
+    read_model_config(d)
+    check_file(d / CONFIG_NAME, "--record: model card")
+    if not os.access(d / CONFIG_NAME, os.W_OK):
+        raise ModelFileError(f"--record: {d / CONFIG_NAME} is read-only; copy the model to a folder you can write")
+    return d
+
+
+def record_metrics(name_or_path: str | os.PathLike, report: dict[str, Any], *, eval_data: str) -> Path:
+    """Write measured metrics (``CARD_METRICS`` of an evaluation report, with its sampling settings)
+    into a model's card: ``info["metrics"]`` and ``info["eval_data"]`` of ``config.json``.
+
+    Only the card changes (atomically); the weights and their recorded sha256 stay as they are.
+    """
+    d = resolve(name_or_path)
+    meta = read_model_config(d)
+    info = meta["info"] if isinstance(meta.get("info"), dict) else {}
+    metrics = {k: round(v, 4) if isinstance(v, float) else v for k, v in report.items() if k in CARD_METRICS}
+    if isinstance(report.get("sampling"), dict):
+        metrics["sampling"] = report["sampling"]
+    meta["info"] = {**info, "metrics": metrics, "eval_data": eval_data}
+    write_text(d / CONFIG_NAME, json.dumps(meta, indent=2) + "\n")
+    return d / CONFIG_NAME

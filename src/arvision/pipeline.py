@@ -12,6 +12,7 @@ Decoding runs through the one loop (:func:`arvision.samplers.decode`) for every 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import numbers
@@ -28,10 +29,12 @@ from tqdm.auto import tqdm
 
 from arvision.errors import ModelFileError
 from arvision.generators import Generator
-from arvision.runtime import keep_freed_memory
+from arvision.runtime import check_precision, precision_scope, reuse_freed_memory
 from arvision.modeling import resolve
 from arvision.samplers import SamplingConfig, SamplingStats, StepInfo, check_settings, decode
 from arvision.samplers.search import BestOfN, TTSVAR, best_of_n, check_budget, make_search, tts_var
+from arvision.samplers.rng import Rng, RowStreams, image_seeds, random_seed
+from arvision.samplers.rng import rows as rng_rows
 from arvision.samplers.speculative import speculative_decode
 from arvision.tokenizers import Tokenizer
 
@@ -149,27 +152,45 @@ class Pipeline:
                              "pipeline's): CoDe needs both models on one tokenizer")  # fmt: skip
         return self._generator(refiner, "refiner")
 
-    def _rng(self, seed: int | None) -> torch.Generator:
-        gen = torch.Generator(device=self.device)
-        gen.manual_seed(seed) if seed is not None else gen.seed()
-        return gen
+    def _rng(self, seed: "int | Sequence[int] | torch.Generator | None", n: int) -> Rng:
+        """The random streams of ``n`` images: one per image (:mod:`arvision.samplers.rng`) from an
+        int seed (``image_seeds(seed, n)``), from one seed per image, or a fresh seed for None; a
+        ``torch.Generator`` is used as it is, one stream for the whole call (as the official code draws)."""
+        if isinstance(seed, torch.Generator):
+            if seed.device.type != self.device.type:
+                raise ValueError(f"seed is a torch.Generator on {seed.device}, but the model runs on {self.device}: "
+                                 f"make it with torch.Generator(device={str(self.device)!r})")  # fmt: skip
+            return seed
+        if seed is None:
+            seed = random_seed()
+        if isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
+            return RowStreams.from_seeds(image_seeds(int(seed), n), self.device)
+        if isinstance(seed, (Tensor, np.ndarray)):
+            seed = seed.tolist()
+        if isinstance(seed, (str, bytes, bool)) or not isinstance(seed, Iterable):
+            raise TypeError(f"seed must be an integer, one integer per image, a torch.Generator or None, got {seed!r}")
+        seeds = list(seed)
+        if any(isinstance(v, bool) or not isinstance(v, numbers.Integral) for v in seeds):
+            raise TypeError(f"per-image seeds must be integers, got {seeds!r}")
+        if len(seeds) != n:
+            raise ValueError(f"seed has {len(seeds)} values for {n} images: pass one seed per image, or one integer for the call")
+        return RowStreams.from_seeds([int(v) % (1 << 63) for v in seeds], self.device)
 
-    def _run(self, labels: Tensor, s: SamplingConfig, seed: int | None, batch_size: int, progress: bool, decode_images: bool,
+    def _run(self, labels: Tensor, s: SamplingConfig, seed: "int | Sequence[int] | torch.Generator | None", batch_size: int, progress: bool, decode_images: bool,
              prior: Tensor | None = None, known: Tensor | None = None, callback: Callable[[StepInfo], None] | None = None,
              draft: "Pipeline | Generator | str | os.PathLike | None" = None,
              refiner: "Pipeline | Generator | str | os.PathLike | None" = None, search=None, reward=None,
-             budget: int | None = None) -> GenerationOutput:  # fmt: skip
-        """Decode ``labels`` in batches with one seeded generator; tokens fixed where ``known``."""
+             budget: int | None = None, precision: str = "fp32") -> GenerationOutput:  # fmt: skip
+        """Decode ``labels`` in batches, every image from its own random stream; tokens fixed where ``known``."""
         check_batch_size(batch_size)
+        check_precision(precision, self.device)
         refiner = self._refiner(refiner)
         if refiner is not None and s.decoding != "plain":
             raise ValueError(f"refiner= is for collaborative next-scale decoding (draft_scales=K); it does not combine with decoding={s.decoding!r}")
         draft = self._generator(draft, "draft")
         if draft is not None and s.decoding == "plain":
             raise ValueError("draft= is used by speculative decoding: pass decoding='speculative' (or 'lantern')")
-        gen = self._rng(seed)
-        if self.device.type == "cpu":
-            keep_freed_memory()
+        gen = self._rng(seed, len(labels))
         run = functools.partial(decode, refiner=refiner) if s.decoding == "plain" else functools.partial(speculative_decode, draft=draft)
         if search is not None:
             if known is not None or callback is not None or refiner is not None:
@@ -179,23 +200,34 @@ class Pipeline:
             raise ValueError("reward= and budget= are for a test-time search: pass search='best-of-n' or 'tts-var' too")
         stats, tokens, images, scores = SamplingStats(), [], [], []
         batches = range(0, len(labels), batch_size)  # progress: a bar over the batches, or over the steps of one batch
-        for b in tqdm(batches, desc="generate", disable=not progress or len(batches) == 1, leave=False):
-            part = slice(b, b + batch_size)
-            out = run(self.generator, self.tokenizer, labels[part], s, gen, callback=callback,
-                      progress=progress and len(batches) == 1,
-                      prior_BL=None if prior is None else prior[part], known_BL=None if known is None else known[part])  # fmt: skip
-            if search is not None:
-                out, imgs, sc = out
-                images.append(imgs)
-                scores.append(sc)
-            elif decode_images:  # the order says how its finished state becomes images (FlexVAR: at the schedule's size)
-                images.append(self.generator.order_class(self.generator, self.tokenizer).images(out.state))
-            tokens.append(out.tokens)
-            stats += out.stats
+        with self._compute(precision):  # undone when the call returns
+            for b in tqdm(batches, desc="generate", disable=not progress or len(batches) == 1, leave=False):
+                part = slice(b, b + batch_size)
+                out = run(self.generator, self.tokenizer, labels[part], s, rng_rows(gen, part), callback=callback,
+                          progress=progress and len(batches) == 1,
+                          prior_BL=None if prior is None else prior[part], known_BL=None if known is None else known[part])  # fmt: skip
+                if search is not None:
+                    out, imgs, sc = out
+                    images.append(imgs)
+                    scores.append(sc)
+                elif decode_images:  # the order says how its finished state becomes images (FlexVAR: at the schedule's size)
+                    images.append(self.generator.order_class(self.generator, self.tokenizer).images(out.state))
+                tokens.append(out.tokens)
+                stats += out.stats
         self.last_stats = stats
-        imgs = torch.cat(images).add(1).div(2).clamp(0, 1) if decode_images else torch.empty(0)
+        imgs = torch.cat(images).float().add(1).div(2).clamp(0, 1) if decode_images else torch.empty(0)
         return GenerationOutput(images=imgs, tokens=torch.cat(tokens), labels=labels, stats=stats, known=known,
                                 scores=torch.cat(scores) if scores else None)  # fmt: skip
+
+    def _compute(self, precision: str) -> contextlib.ExitStack:
+        """What a sampling call runs under, undone when it returns: freed memory kept for reuse on
+        CPU (:func:`arvision.runtime.reuse_freed_memory`) and the compute precision (bf16 = autocast
+        over the generator's forward passes and the tokenizer's decoder; logits are sampled in fp32)."""
+        stack = contextlib.ExitStack()
+        if self.device.type == "cpu":
+            stack.enter_context(reuse_freed_memory())
+        stack.enter_context(precision_scope(precision, self.device))
+        return stack
 
     def _searcher(self, s: SamplingConfig, decode_fn, search, reward, budget, batch_size: int, progress: bool):
         """(batch function, requests per batch) of a test-time search (``samplers/search.py``)."""
@@ -231,18 +263,24 @@ class Pipeline:
         return run, max(1, batch_size // first)
 
     @torch.no_grad()
-    def sample(self, classes: Sequence[int] | int | None = None, n_per_class: int = 1, *, seed: int | None = 0,
+    def sample(self, classes: Sequence[int] | int | None = None, n_per_class: int = 1, *, seed: "int | Sequence[int] | torch.Generator | None" = 0,
                batch_size: int = 64, progress: bool = False, decode: bool = True,
                callback: Callable[[StepInfo], None] | None = None, draft=None, refiner=None,
                search: "str | BestOfN | TTSVAR | None" = None, reward=None, budget: int | None = None,
-               **sampling) -> GenerationOutput:  # fmt: skip
+               precision: str = "fp32", **sampling) -> GenerationOutput:  # fmt: skip
         """Generate ``n_per_class`` samples of every class in ``classes`` (all of ``classes[0]`` first).
 
         Sampling options (``cfg``, ``cfg_schedule``, ``cfg_interval``, ``temperature``, ``top_k``,
         ``top_p``, ``num_steps``, ``choice_temperature``) default to the model's own (``pipe.defaults``);
-        one the order cannot use is an error. ``seed`` seeds one ``torch.Generator`` used for the
-        whole call (None = nondeterministic). ``callback(info)`` sees every decoding step's logits
+        one the order cannot use is an error. ``callback(info)`` sees every decoding step's logits
         and state (:class:`~arvision.samplers.StepInfo`).
+
+        ``seed``: every image has its own random stream, so image i is the same whatever the batch
+        size, alone or among others: an int seeds image i with ``arvision.samplers.image_seeds(seed,
+        N)[i]``; a sequence gives one seed per image (a server merging requests passes each
+        request's own); None draws a fresh seed. A ``torch.Generator`` instead draws the whole call
+        from that one stream, batch by batch, as the official VAR / LlamaGen / MAR code does (to
+        reproduce their seeded outputs exactly).
 
         Fast decoding of the next-token order: ``decoding="sjd"`` (the model drafts ``window``
         tokens for itself), ``"speculative"`` (``draft=`` a small model with the same tokenizer:
@@ -264,11 +302,17 @@ class Pipeline:
         labels) -> (N,) scores (:mod:`arvision.rewards`); ``budget`` = N: the compute of N plain
         decodings per image. ``scores`` of the output holds each image's reward;
         ``stats.candidate_passes`` counts every candidate's forward passes.
+
+        ``precision="bf16"`` runs the generator's forward passes and the tokenizer's decoder under
+        bf16 autocast (CPUs with AVX512-BF16/AMX, GPUs with bf16): faster, with logits still sampled
+        in float32; tokens then differ from fp32 wherever rounding tips a draw. The default "fp32"
+        is exact (the official code's arithmetic). Precision is how this call computes, not a
+        property of the model: it is an argument here, not a saved sampling default.
         """
         s = self.sampling_config(**sampling)
         labels = self.labels_for(classes, n_per_class)
         return self._run(labels, s, seed, batch_size, progress, decode, callback=callback, draft=draft, refiner=refiner,
-                         search=search, reward=reward, budget=budget)
+                         search=search, reward=reward, budget=budget, precision=precision)
 
     def generate(self, classes: Sequence[int] | int | None = None, n_per_class: int = 1, **kwargs) -> Tensor:
         """Images (N, C, H, W) in [0, 1]; same arguments as :meth:`sample`. Stats in ``last_stats``."""
@@ -281,9 +325,9 @@ class Pipeline:
     # -- editing -----------------------------------------------------------------------------------
     @torch.no_grad()
     def sample_edit(self, images: Tensor | Sequence[Image.Image] | Image.Image, mask: Tensor, *,
-                    classes: Sequence[int] | int, seed: int | None = 0, batch_size: int = 64, progress: bool = False,
+                    classes: Sequence[int] | int, seed: "int | Sequence[int] | torch.Generator | None" = 0, batch_size: int = 64, progress: bool = False,
                     decode: bool = True, callback: Callable[[StepInfo], None] | None = None, refiner=None,
-                    draft=None, **sampling) -> GenerationOutput:  # fmt: skip
+                    draft=None, precision: str = "fp32", **sampling) -> GenerationOutput:  # fmt: skip
         """Regenerate the masked region of ``images`` (in/out-painting, class-conditional editing).
 
         Args:
@@ -294,25 +338,28 @@ class Pipeline:
                 regenerated when any pixel of its cell is masked); every other token keeps the
                 input's own token (teacher-forced / never masked / replaced at every scale, by order).
             classes: the class to generate, one id for all images or one per image.
-            seed, batch_size, progress, decode, callback, refiner, draft, sampling options: as in :meth:`sample`.
+            seed, batch_size, progress, decode, callback, refiner, draft, precision, sampling options: as in
+                :meth:`sample` (the input images are encoded in fp32 either way).
 
         Returns the images in [0, 1] with their tokens and ``known`` (the kept tokens). An
         all-False mask returns the tokenizer's reconstruction of the input.
         """
         s = self.sampling_config(**sampling)
         check_batch_size(batch_size)
+        check_precision(precision, self.device)
         x = self._edit_images(images)
         B = x.shape[0]
         known = ~self.tokenizer.layout.token_mask(self._edit_mask(mask, x))
         labels = self._edit_labels(classes, B)
         prior = torch.cat([self.tokenizer.encode(x[b : b + batch_size].mul(2).sub(1)) for b in range(0, B, batch_size)])
         if bool(known.all()):  # nothing to regenerate: the reconstruction
-            imgs = torch.cat([self.tokenizer.decode(prior[b : b + batch_size]) for b in range(0, B, batch_size)]) if decode else None
+            with self._compute(precision):
+                imgs = torch.cat([self.tokenizer.decode(prior[b : b + batch_size]) for b in range(0, B, batch_size)]).float() if decode else None
             self.last_stats = SamplingStats(images=B, batches=-(-B // batch_size))
             return GenerationOutput(images=imgs.add(1).div(2).clamp(0, 1) if decode else torch.empty(0), tokens=prior,
                                     labels=labels, stats=self.last_stats, known=known)  # fmt: skip
         return self._run(labels, s, seed, batch_size, progress, decode, prior=prior, known=known, callback=callback, refiner=refiner,
-                         draft=draft)
+                         draft=draft, precision=precision)
 
     def edit(self, images: Tensor | Sequence[Image.Image] | Image.Image, mask: Tensor, **kwargs) -> Tensor:
         """Edited images (B, C, H, W) in [0, 1]; same arguments as :meth:`sample_edit`."""

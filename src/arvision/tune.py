@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
+from arvision.outputs import write_json, write_text
 from arvision.samplers.config import SamplingConfig
 
 # what is swept when no grid is given: the guidance strength around each schedule's "off" value
@@ -78,10 +78,13 @@ def grid_points(pipe, grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
 
 def tune(pipe, out_dir: str | Path, *, grid: dict[str, list[Any]] | None = None, n: int = 2000, min_accuracy: float = 0.97,
          reference: str = "mnist:train:10000", features: str = "mnist", batch_size: int = 500, seed: int = 0,
-         progress: bool = True, model: str | None = None, inception_weights: str | None = None) -> dict[str, Any]:  # fmt: skip
-    """Sweep ``grid`` (default: guidance strength) for ``pipe``; return the report (also DIR/calibration.json)."""
+         progress: bool = True, model: str | None = None, inception_weights: str | None = None,
+         precision: str = "fp32") -> dict[str, Any]:  # fmt: skip
+    """Sweep ``grid`` (default: guidance strength) for ``pipe``; return the report (also DIR/calibration.json).
+    ``precision``: how every point is sampled ("fp32" or "bf16", see ``Pipeline.sample``)."""
     from arvision.evaluate import evaluate_generator
     from arvision.metrics.features import get_feature_extractor, load_reference
+    from arvision.runtime import check_precision
 
     if not 0 <= min_accuracy <= 1:
         raise ValueError(f"min_accuracy is a share of the samples in [0, 1], got {min_accuracy}")
@@ -92,6 +95,7 @@ def tune(pipe, out_dir: str | Path, *, grid: dict[str, list[Any]] | None = None,
         raise ValueError("class accuracy is measured by the MNIST classifier (--features mnist); with other features "
                          "pass --min-accuracy 0")  # fmt: skip
     points = grid_points(pipe, grid or {})
+    check_precision(precision, pipe.device)
     out = Path(out_dir)
     extractor = get_feature_extractor(features, inception_weights=inception_weights)
     c = pipe.tokenizer.config
@@ -102,17 +106,17 @@ def tune(pipe, out_dir: str | Path, *, grid: dict[str, list[Any]] | None = None,
         if progress:
             print(f"[{i + 1}/{len(points)}] {point}", flush=True)
         rep = evaluate_generator(pipe, extractor, ref, n=n, out_dir=out / "points" / f"{i:03d}", batch_size=batch_size,
-                                 seed=seed, progress=progress, model=model, **point)  # fmt: skip
+                                 seed=seed, progress=progress, model=model, precision=precision, **point)  # fmt: skip
         rows.append({"settings": point, "fid": rep["fid"], "class_accuracy": rep.get("class_accuracy"),
                      "precision": rep.get("precision"), "recall": rep.get("recall")})  # fmt: skip
     ok = [r for r in rows if (r["class_accuracy"] or 0) >= min_accuracy or min_accuracy == 0]
     best = min(ok, key=lambda r: r["fid"]) if ok else max(rows, key=lambda r: r["class_accuracy"] or 0)
     report = {"model": model, "n": n, "reference": reference, "features": features, "min_accuracy": min_accuracy,
               "seed": seed, "rows": rows, "chosen": best["settings"] if ok else None, "best": best,
-              "reached_floor": bool(ok), "real_data_floor": floor}  # fmt: skip
+              "reached_floor": bool(ok), "real_data_floor": floor, "sampling_precision": precision}  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
-    (out / "calibration.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "calibration.md").write_text(table(report))
+    write_json(out / "calibration.json", report)  # atomic, the usual file mode
+    write_text(out / "calibration.md", table(report))
     if ok:
         save_tuned(pipe, best["settings"], report, out / "model")
     return report

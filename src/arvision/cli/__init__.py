@@ -11,7 +11,7 @@ from arvision.errors import ArvisionError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from arvision.cli import convert, demo, edit, eval, generate, models, reconstruct, train, tune
+    from arvision.cli import convert, demo, edit, eval, generate, models, reconstruct, serve, train, tune
 
     parser = argparse.ArgumentParser(
         prog="arvision",
@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.register(sub)
     models.register(sub)
     reconstruct.register(sub)
+    serve.register(sub)
     train.register(sub)
     tune.register(sub)
     return parser
@@ -36,6 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if getattr(args, "device", None) is not None:  # every command with --device: a clear error before loading
+            from arvision.devices import check_device
+
+            check_device(args.device)
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

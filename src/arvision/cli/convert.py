@@ -6,6 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
+from arvision.outputs import check_run_dir
 from arvision.pipeline import Pipeline
 
 
@@ -60,10 +61,9 @@ def _int_list(text: str) -> tuple[int, ...]:
 
 
 def _check_out(args: argparse.Namespace) -> Path:
-    out = Path(args.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
-        raise ValueError(f"{out} already exists and is not empty; pass --overwrite to replace it")
-    return out
+    """--out: a writable folder that holds no model or other files (unless --overwrite), checked before reading."""
+    check_run_dir(args.out, "--out", overwrite=args.overwrite, what="converted model")
+    return Path(args.out)
 
 
 def run_var(args: argparse.Namespace) -> int:

@@ -20,6 +20,7 @@ from arvision.data.images import region_mask, save_image
 from arvision.hub import list_models, load, load_pipeline
 from arvision.metrics import ReconstructionMeter
 from arvision.metrics.mnist_classifier import class_accuracy
+from arvision.outputs import check_dir
 from arvision.pipeline import Pipeline
 
 DEMO_TOKENIZERS = ("mnist-vq", "mnist-msvq", "mnist-kl", "mnist-flexscale")
@@ -32,14 +33,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run the shipped MNIST models (every order) and write PNG grids")
     p.add_argument("-o", "--out", default="arvision-demo", help="output folder (default: %(default)s)")
     p.add_argument("-n", type=int, default=8, help="samples per class (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise ValueError("-n must be >= 1")
-    out = Path(args.out)
+    out = check_dir(args.out, "-o")
     shipped = list_models()
     t_start = time.perf_counter()
     print(f"generating {args.n} samples of each of the 10 digit classes with every shipped generation order")

@@ -17,6 +17,7 @@ from arvision.cli.generate import add_sampling_args, model_kwargs, sampling_kwar
 from arvision.data.images import REGIONS, load_image, load_mask, region_mask, save_image
 from arvision.errors import DataError
 from arvision.hub import load_pipeline
+from arvision.outputs import check_image_file
 
 GREY = 0.5  # masked pixels in --comparison, in [0, 1]
 
@@ -35,12 +36,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--class", dest="classes", required=True, metavar="ID[,ID...]",
                    help="class to generate: one id for all images, or comma-separated, one per image")  # fmt: skip
     add_sampling_args(p)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same edits (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=64, help="images edited at once (default: %(default)s)")
     p.add_argument("-o", "--output", default="edited.png",
                    help="PNG: the edited image, or a grid of them for several images (default: %(default)s)")  # fmt: skip
     p.add_argument("--comparison", metavar="PNG", help="also write a grid with rows input / masked input (grey) / output")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda (default: %(default)s)")
     p.set_defaults(func=run)
 
 
@@ -95,6 +96,9 @@ def comparison_grid(rows: list[Tensor], path: str, per_row: int = 10) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_image_file(args.output, "-o")
+    if args.comparison:
+        check_image_file(args.comparison, "--comparison")
     pipe = load_pipeline(args.model, device=args.device)
     c = pipe.tokenizer.config
     ids = parse_class_ids(args.classes, len(args.image), pipe.num_classes)

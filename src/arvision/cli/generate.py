@@ -7,6 +7,8 @@ from pathlib import Path
 
 from arvision.data.images import save_image
 from arvision.hub import load_pipeline
+from arvision.outputs import check_dir, check_image_file, check_run_dir
+from arvision.stream import RUN_FILE, check_in_memory, generate_to_dir
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -15,11 +17,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--classes", help="comma-separated class ids (default: every class)")
     p.add_argument("-n", type=int, default=8, help="samples per class (default: %(default)s)")
     add_sampling_args(p)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("-o", "--output", default="samples.png", help="PNG grid, one row per class (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same images (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=64, help="images decoded at once (default: %(default)s)")
+    p.add_argument("-o", "--output", help="image grid, one row per class; .png, .jpg, .webp, ... (default: samples.png "
+                                          "unless --out-dir)")  # fmt: skip
     p.add_argument("--save-individual", metavar="DIR", help="also write every sample as DIR/CLASS_INDEX.png")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--out-dir", metavar="DIR", help="large runs: write the images chunk by chunk as DIR/shard-NNNNNN.npz "
+                   "(arr_0 uint8 NHWC, arr_1 labels) with bounded memory; rerun the same command to resume")  # fmt: skip
+    p.add_argument("--chunk-size", type=int, default=1000, help="--out-dir: images per shard (default: %(default)s)")
+    p.add_argument("--overwrite", action="store_true", help="--out-dir: start afresh in a folder that holds another run or files")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1, mps (default: %(default)s)")
     p.set_defaults(func=run)
 
 
@@ -29,7 +36,7 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cfg-schedule", choices=["constant", "linear", "mar-linear"],
                    help="constant (LlamaGen), linear ramp (VAR) or MAR's ramp with the share of decided tokens")
     p.add_argument("--cfg-interval", type=int, help="guide only the first steps (LlamaGen's cfg_interval; -1 = all)")
-    p.add_argument("--temperature", type=float)
+    p.add_argument("--temperature", type=float, help="softmax temperature of the token draws (default: the model's, usually 1)")
     p.add_argument("--top-k", type=int, help="0 = off, 1 = greedy")
     p.add_argument("--top-p", type=float, help="0 or 1 = off")
     p.add_argument("--steps", type=int, dest="num_steps",
@@ -51,7 +58,15 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scales", type=parse_sides,
                    help="FlexVAR (flex-scale order): side of every step's token map, comma-separated, e.g. 1,2,4,7 "
                         "(4 steps); the last side sets the resolution (mnist-flexvar: 14 -> 56 px)")  # fmt: skip
+    add_precision_arg(p)
     add_search_args(p)
+
+
+def add_precision_arg(p: argparse.ArgumentParser) -> None:
+    """``--precision``: how sampling computes (an argument of the call, not a saved model setting)."""
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="fp32 (default: exact, the official code's arithmetic) or bf16 (autocast: faster on CPUs with "
+                        "AVX512-BF16/AMX and on GPUs; tokens may differ where rounding tips a draw)")  # fmt: skip
 
 
 def add_search_args(p: argparse.ArgumentParser) -> None:
@@ -79,8 +94,9 @@ def sampling_kwargs(args: argparse.Namespace) -> dict:
 
 
 def model_kwargs(args: argparse.Namespace) -> dict:
-    """What a sampling command passes beside the settings: a draft model, a CoDe refiner, a search."""
-    return {**{k: getattr(args, k) for k in ("draft", "refiner") if getattr(args, k)}, **search_kwargs(args)}
+    """What a sampling command passes beside the settings: a draft model, a CoDe refiner, a search, the precision."""
+    return {**{k: getattr(args, k) for k in ("draft", "refiner") if getattr(args, k)}, **search_kwargs(args),
+            "precision": getattr(args, "precision", None) or "fp32"}  # fmt: skip
 
 
 def search_kwargs(args: argparse.Namespace) -> dict:
@@ -124,13 +140,33 @@ def parse_classes(text: str | None) -> list[int] | None:
         raise ValueError(f"--classes must be comma-separated integers, got {text!r}") from None
 
 
+def check_outputs(args: argparse.Namespace) -> None:
+    """Every output location, before the model is loaded."""
+    if args.out_dir is not None:
+        if args.output is not None:
+            raise ValueError("-o writes one grid held in memory; with --out-dir the images go to DIR's shards "
+                             "(add --save-individual DIR2 for PNGs): drop one of the two")  # fmt: skip
+        check_run_dir(args.out_dir, "--out-dir", overwrite=args.overwrite, marker=RUN_FILE, what="generation run")
+    else:
+        check_image_file(args.output or "samples.png", "-o")
+    if args.save_individual:
+        check_dir(args.save_individual, "--save-individual")
+
+
 def run(args: argparse.Namespace) -> int:
+    check_outputs(args)
     pipe = load_pipeline(args.model, device=args.device)
+    classes = parse_classes(args.classes)
+    if args.out_dir is not None:
+        return run_streaming(args, pipe, classes)
+    c = pipe.tokenizer.config
+    side = max(c.image_size, args.scales[-1] * c.downsample) if args.scales else c.image_size
+    check_in_memory(len(pipe.labels_for(classes, args.n)), c.in_channels, side, nrow=args.n)
     out = pipe.sample(
-        parse_classes(args.classes), args.n, seed=args.seed, batch_size=args.batch_size, progress=True,
+        classes, args.n, seed=args.seed, batch_size=args.batch_size, progress=True,
         **sampling_kwargs(args), **model_kwargs(args)
     )
-    path = save_image(out.images * 2 - 1, args.output, nrow=args.n)
+    path = save_image(out.images * 2 - 1, args.output or "samples.png", nrow=args.n)
     if args.save_individual:
         d = Path(args.save_individual)
         for i, (img, c) in enumerate(zip(out.images, out.labels.tolist())):
@@ -140,4 +176,15 @@ def run(args: argparse.Namespace) -> int:
                                              f"mean reward {out.scores.mean():.4f}")  # fmt: skip
     print(f"{s.images} images in {s.seconds:.2f} s ({1000 * s.seconds_per_image:.1f} ms/image, "
           f"{s.forward_passes_per_image:.2f} forward passes/image{search}) -> {path}")  # fmt: skip
+    return 0
+
+
+def run_streaming(args: argparse.Namespace, pipe, classes: list[int] | None) -> int:
+    """``--out-dir``: chunk by chunk, resumable (arvision.stream)."""
+    r = generate_to_dir(pipe, args.out_dir, classes, args.n, seed=args.seed, chunk_size=args.chunk_size,
+                        batch_size=args.batch_size, overwrite=args.overwrite, individual=args.save_individual,
+                        model=str(args.model), **sampling_kwargs(args), **model_kwargs(args))  # fmt: skip
+    made = (f"{r['images_made']:,} made in {r['seconds']:.1f} s ({r['forward_passes_per_image']:.2f} forward passes/image)"
+            if r["images_made"] else "nothing left to make")  # fmt: skip
+    print(f"{r['images']:,} images in {r['chunks']} shards ({r['chunks_resumed']} already done, {made}) -> {r['out_dir']}")
     return 0

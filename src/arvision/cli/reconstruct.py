@@ -10,18 +10,20 @@ import torch
 from arvision.data.images import load_image, save_image
 from arvision.hub import load_tokenizer
 from arvision.metrics import ReconstructionMeter
+from arvision.outputs import check_image_file
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("reconstruct", help="encode and decode images with a tokenizer; write originals beside reconstructions")
     p.add_argument("model", help="tokenizer directory or shipped name (e.g. mnist-vq)")
     p.add_argument("images", nargs="+", help="image files (png, jpg, webp, bmp); resized and centre-cropped to the model's size")
-    p.add_argument("-o", "--output", default="reconstruction.png", help="output PNG grid (default: %(default)s)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("-o", "--output", default="reconstruction.png", help="output image grid: .png, .jpg, ... (default: %(default)s)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda (default: %(default)s)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    check_image_file(args.output, "-o")
     tok = load_tokenizer(args.model, device=args.device)
     c = tok.config
     x = torch.stack([load_image(p, c.image_size, c.in_channels) for p in args.images]).to(args.device)

@@ -10,6 +10,9 @@ from pathlib import Path
 
 from arvision.presets import GENERATOR_PRESETS, TOKENIZER_PRESETS
 
+OVERWRITE_HELP = ("start afresh in an --out that already holds a run, a model or other files (refused without it; "
+                  "the old checkpoint is removed, other files are replaced as the new run writes them)")
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model")
@@ -27,6 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--lr", type=float, help="peak learning rate (default: the preset's)")
     t.add_argument("--out", required=True, help="run directory")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    t.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     t.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
     t.add_argument("--eval-limit", type=int, help="evaluate on at most this many held-out images")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -37,20 +41,29 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="train a class-conditional generator on a tokenizer's tokens",
         description="Train a generator (next-token or next-scale, by preset). The data is encoded once and cached in "
         "OUT/tokens.safetensors. Checkpoints go to OUT/checkpoint.pt (--resume continues exactly). Multi-process: "
-        "torchrun --nproc_per_node N -m arvision train generator ... (gloo on CPU, nccl on GPU).",
+        "torchrun --nproc_per_node N -m arvision train generator ... (gloo on CPU, nccl on GPU; DDP, or FSDP with --fsdp; "
+        "multi-node: see docs/training.md).",
     )
     g.add_argument("--preset", choices=list(GENERATOR_PRESETS), help="order + backbone + training settings")
     g.add_argument("--tokenizer", help="tokenizer directory or shipped name (default: the preset's, e.g. mnist-vq)")
     g.add_argument("--data", default="mnist", help="'mnist' or a folder of images with class sub-folders (default: %(default)s)")
-    g.add_argument("--steps", type=int)
+    g.add_argument("--steps", type=int, help="optimizer steps (default: the preset's)")
     g.add_argument("--batch-size", type=int, help="global batch size (split across processes)")
-    g.add_argument("--lr", type=float)
+    g.add_argument("--lr", type=float, help="peak learning rate (default: the preset's)")
     g.add_argument("--ema", type=float, help="EMA decay of the saved weights, e.g. 0.999 (default: the preset's)")
     g.add_argument("--init", help="start from this generator's weights (shipped name or directory; default: the preset's)")
-    g.add_argument("--out", required=True)
-    g.add_argument("--resume", action="store_true")
-    g.add_argument("--device", default="cpu")
-    g.add_argument("--no-progress", action="store_true")
+    g.add_argument("--out", required=True, help="run directory: checkpoint, token cache, then the model")
+    g.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    g.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    g.add_argument("--device", default="cpu", help="torch device (default: %(default)s; under torchrun: one per process)")
+    g.add_argument("--fsdp", action="store_true",
+                   help="shard weights, gradients and optimizer state across the torchrun processes (FSDP2) instead of "
+                        "replicating them (DDP); checkpoints stay whole, so a resume may change the process count")
+    g.add_argument("--mixed-precision", choices=["none", "bf16"], default="none",
+                   help="with --fsdp: bf16 compute from fp32 weights; gradients reduced in fp32 (default: %(default)s)")
+    g.add_argument("--activation-checkpointing", action="store_true",
+                   help="recompute each transformer block's activations in the backward pass: less memory, ~1/3 more compute")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.set_defaults(func=run_generator)
 
 
@@ -59,7 +72,7 @@ def run_tokenizer(args: argparse.Namespace) -> int:
 
     metrics = train_tokenizer(
         args.out, preset=args.preset, data=args.data, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-        resume=args.resume, device=args.device, progress=not args.no_progress, eval_limit=args.eval_limit,
+        resume=args.resume, overwrite=args.overwrite, device=args.device, progress=not args.no_progress, eval_limit=args.eval_limit,
         command=_command(),
     )  # fmt: skip
     print(json.dumps(metrics, indent=2))
@@ -72,8 +85,9 @@ def run_generator(args: argparse.Namespace) -> int:
 
     result = train_generator(
         args.out, preset=args.preset, tokenizer=args.tokenizer, data=args.data, steps=args.steps,
-        batch_size=args.batch_size, lr=args.lr, ema=args.ema, init=args.init, resume=args.resume, device=args.device,
-        progress=not args.no_progress, command=_command(),
+        batch_size=args.batch_size, lr=args.lr, ema=args.ema, init=args.init, resume=args.resume, overwrite=args.overwrite,
+        device=args.device, fsdp=args.fsdp, mixed_precision=args.mixed_precision,
+        activation_checkpointing=args.activation_checkpointing, progress=not args.no_progress, command=_command(),
     )  # fmt: skip
     if int(__import__("os").environ.get("RANK", "0")) == 0:
         print(json.dumps(result, indent=2))

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from arvision.cli.generate import add_precision_arg
 from arvision.hub import load_pipeline
+from arvision.outputs import check_run_dir
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,10 +24,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ref", default="mnist:train:10000", help="held-out reference (default: %(default)s)")
     p.add_argument("--features", choices=["mnist", "inception"], default="mnist", help="feature network for the FID")
     p.add_argument("--inception-weights", metavar="FILE", help="the FID Inception-v3 weights file (for --features inception)")
-    p.add_argument("--batch-size", type=int, default=500)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--batch-size", type=int, default=500, help="samples per chunk (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the samples (default: %(default)s)")
+    p.add_argument("--overwrite", action="store_true", help="write into an --out that holds a model or other files")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda (default: %(default)s)")
+    add_precision_arg(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
 
@@ -33,10 +37,11 @@ def run(args: argparse.Namespace) -> int:
     from arvision.tune import parse_grid, table, tune
 
     grid = parse_grid(args.grid)
+    check_run_dir(args.out, "--out", overwrite=args.overwrite, marker="points", what="tuning run")  # "points": ours, resumed
     pipe = load_pipeline(args.model, device=args.device)
     report = tune(pipe, args.out, grid=grid, n=args.n, min_accuracy=args.min_accuracy, reference=args.ref,
                   features=args.features, batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress,
-                  model=str(args.model), inception_weights=args.inception_weights)  # fmt: skip
+                  model=str(args.model), inception_weights=args.inception_weights, precision=args.precision)  # fmt: skip
     print(table(report), end="")
     if report["reached_floor"]:
         print(f"tuned model (defaults {report['chosen']}) -> {args.out}/model")

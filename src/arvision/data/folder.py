@@ -24,7 +24,7 @@ class ImageFolder(Dataset):
     (sorted names -> ids 0..K-1) and images directly in ``root`` get label -1; otherwise every
     image has label -1 and ``num_classes`` is 0.
 
-    With ``verify`` (default) every file is decoded once up front; unreadable or corrupt files
+    With ``verify`` (default) every file is decoded once up front; unreadable, corrupt or too large files
     are skipped and reported in one warning, so training never stops on a bad file.
     """
 
@@ -55,7 +55,7 @@ class ImageFolder(Dataset):
                     self.skipped.append(p)
             if self.skipped:
                 shown = ", ".join(str(p) for p in self.skipped[:3]) + (" ..." if len(self.skipped) > 3 else "")
-                warnings.warn(f"skipped {len(self.skipped)} unreadable or corrupt image file(s) under {self.root}: {shown}", stacklevel=2)
+                warnings.warn(f"skipped {len(self.skipped)} unreadable, corrupt or too large image file(s) under {self.root}: {shown}", stacklevel=2)
             if not good:
                 raise DataError(f"none of the {len(paths)} image files under {self.root} could be read")
             paths = good

@@ -6,6 +6,7 @@ Tensors are float (C, H, W) or (B, C, H, W) in [-1, 1].
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from arvision.errors import DataError
+from arvision.outputs import atomic_path
 
 
 def pil_to_tensor(img: Image.Image, channels: int = 3) -> Tensor:
@@ -68,8 +70,15 @@ def open_image(path: str | os.PathLike) -> Image.Image:
     if p.is_dir():
         raise DataError(f"{p} is a directory, expected an image file")
     try:
-        img = Image.open(p)
-        img.load()  # decode now, so truncated files fail here and not later
+        with warnings.catch_warnings():
+            # Pillow only warns between MAX_IMAGE_PIXELS and twice that; either way the image is
+            # too large to decode safely (a "decompression bomb" takes GBs), so both are refused.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(p)
+            img.load()  # decode now, so truncated files fail here and not later
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise DataError(f"{p} is too large to decode safely ({e}); shrink it, or raise PIL.Image.MAX_IMAGE_PIXELS "
+                        "if you trust the file") from None  # fmt: skip
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise DataError(f"{p} is not a readable image (corrupt, truncated or unsupported format: {e})") from e
     return img
@@ -131,8 +140,10 @@ def make_grid(images_BCHW: Tensor, nrow: int = 8, padding: int = 2, pad_value: f
 
 
 def save_image(images_BCHW: Tensor, path: str | os.PathLike, nrow: int = 8, padding: int = 2) -> Path:
-    """Write (B, C, H, W) images in [-1, 1] as one PNG grid; parent folders are created."""
+    """Write (B, C, H, W) images in [-1, 1] as one image grid (PNG, or the format of the extension);
+    parent folders are created, the file is replaced atomically."""
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tensor_to_pil(make_grid(images_BCHW.detach().cpu().float(), nrow=nrow, padding=padding)).save(p)
+    img = tensor_to_pil(make_grid(images_BCHW.detach().cpu().float(), nrow=nrow, padding=padding))
+    with atomic_path(p) as tmp:  # a complete image or none; the format comes from the extension
+        img.save(tmp)
     return p

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from arvision.config import Config
 from arvision.nn.linear import Linear
 from arvision.samplers.config import SamplingConfig
+from arvision.samplers.rng import Rng, randn, randn_halves
 
 NOISE_SCHEDULES = ("cosine", "linear")
 
@@ -348,7 +349,7 @@ class DiffusionHead(nn.Module):
         return (loss_N * mask).sum() / mask.sum()
 
     @torch.no_grad()
-    def sample_rows(self, z_NC: Tensor, *, steps: int, temperature: float, rng: torch.Generator | None,
+    def sample_rows(self, z_NC: Tensor, *, steps: int, temperature: float, rng: Rng,
                     cfg_weight: float | None = None) -> Tensor:  # fmt: skip
         """Ancestral sampling of one token per row (official ``DiffLoss.sample``). With ``cfg_weight``
         the rows are [cond (n); uncond (n)] and the n cond samples are returned. Draws from ``rng``:
@@ -360,12 +361,13 @@ class DiffusionHead(nn.Module):
         if cfg_weight is not None and N % 2:
             raise ValueError(f"guided sampling needs [cond; uncond] rows (an even count), got {N}")
         n = N // 2 if cfg_weight is not None else N
-        x = torch.randn((n, D), generator=rng, dtype=z.dtype, device=z.device)
+        x = randn((n, D), rng, dtype=z.dtype, device=z.device)
         x = torch.cat([x, x]) if cfg_weight is not None else x
         for i in reversed(range(steps)):
             t_N = torch.full((N,), i, dtype=torch.long, device=z.device)
             p = proc.p_mean_variance(self.model_output(x, t_N, z, steps, cfg_weight), x, t_N, self.config.clip_xstart)
-            noise = torch.randn(x.shape, generator=rng, dtype=x.dtype, device=x.device)  # drawn at t = 0 too
+            kw = {"dtype": x.dtype, "device": x.device}
+            noise = randn_halves(n, D, rng, **kw) if cfg_weight is not None else randn(x.shape, rng, **kw)  # drawn at t = 0 too
             x = p["mean"] + torch.exp(0.5 * p["log_variance"]) * noise * temperature if i > 0 else p["mean"]
         return x[:n]
 
@@ -380,7 +382,7 @@ class DiffusionHead(nn.Module):
         """Defer guidance to the diffusion steps; "linear" (VAR's (1+w) cond - w uncond) is weight 1 + w."""
         return GuidedRows(cond_BTC, uncond_BTC, 1 + weight if schedule == "linear" else weight)
 
-    def sample(self, out: Tensor | GuidedRows, s: SamplingConfig, rng: torch.Generator | None) -> Tensor:
+    def sample(self, out: Tensor | GuidedRows, s: SamplingConfig, rng: Rng) -> Tensor:
         """Tokens (B, T, D) for backbone outputs (B, T, C), rows in (b, t) order; steps from
         ``s.diffusion_steps`` when set, else the config's ``sampling_steps``."""
         steps = getattr(s, "diffusion_steps", None) or self.config.sampling_steps

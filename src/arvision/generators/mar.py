@@ -46,6 +46,7 @@ from arvision.nn.kv_cache import KVCache
 from arvision.nn.transformer import Transformer, TransformerConfig
 from arvision.samplers.config import SamplingConfig
 from arvision.samplers.order import DecodeState, Order, Sampler, Step, check_num_steps, register_order
+from arvision.samplers.rng import RowStreams, rand
 
 
 def mar_backbone(depth: int, width: int, heads: int) -> TransformerConfig:
@@ -144,7 +145,7 @@ class MarOrder(Order):
         B, L = state.open_BL.shape
         if step.sub == 0:
             if "orders" not in state.extra:  # the random order (a caller may set its own)
-                keys = torch.rand(B, L, generator=sampler.rng, device=state.open_BL.device) + state.known_BL
+                keys = rand((B, L), sampler.rng, device=state.open_BL.device) + state.known_BL
                 state.extra["orders"] = keys.argsort(dim=1, stable=True)
             state.extra["rank"] = state.extra["orders"].argsort(1)  # position -> its place in the order
             state.extra["left"] = mar_mask_lengths(state.open_BL.sum(1), step.subs)
@@ -153,6 +154,8 @@ class MarOrder(Order):
         fill = state.open_BL & ~still
         if bool(fill.any()):
             rows = select_rows(out, fill)
+            if isinstance(sampler.rng, RowStreams):  # the rows are tokens of several images: each from its image's stream
+                sampler = Sampler(sampler.settings, sampler.rng.regroup(fill.nonzero()[:, 0]), sampler.head)
             state.tokens_BL[fill] = sampler.sample(rows)[0].to(state.tokens_BL.dtype)
         state.open_BL = still
 

@@ -21,6 +21,7 @@ Legend: B batch, L tokens (grid side n, L = n*n), T positions of one ring, C wid
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 
 import torch
@@ -45,7 +46,7 @@ def ring_order(n: int) -> tuple[Tensor, Tensor]:
     """(raster index of each cell in decoding order, its ring i + j): rings ascending, row-major inside."""
     i, j = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
     ring = (i + j).flatten()
-    order = sorted(range(n * n), key=lambda c: (int(ring[c]), c))
+    order = sorted(range(n * n), key=lambda c: (c // n + c % n, c))  # ring[c] in plain ints: builds on the meta device too
     order_L = torch.tensor(order)
     return order_L, ring[order_L]
 
@@ -86,7 +87,8 @@ class NeighborGenerator(GridGenerator):
         table = rope_2d_table(n, config.transformer.head_dim, config.rope_base, num_prefix=1)
         seq_rows = torch.cat([torch.zeros(1, dtype=torch.long), 1 + order[1:]])  # class token: zero rotation
         self.register_buffer("rope_table", table[seq_rows], persistent=False)
-        bounds = torch.searchsorted(ring, torch.arange(2 * n), right=False).tolist()
+        rings = sorted(c // n + c % n for c in range(n * n))  # ring of each position in decoding order (plain ints: meta-safe)
+        bounds = [bisect.bisect_left(rings, r) for r in range(2 * n)]
         self.ring_ranges: list[tuple[int, int]] = list(zip(bounds[:-1], bounds[1:]))
         self.init_weights()
 

@@ -190,14 +190,19 @@ class ChannelARHead(nn.Module):
         N, D = B * T, self.config.channels
         rows = torch.cat([out.cond.reshape(N, W), out.uncond.reshape(N, W)]) if guided else cond.reshape(N, W)
         ids = torch.zeros(N, 0, dtype=torch.long, device=cond.device)
+        with torch.autocast(cond.device.type, enabled=False):  # the head samples: fp32 even under bf16 sampling
+            return self._sample_channels(rows.float(), ids, out, s, rng, guided).view(B, T, D)
+
+    def _sample_channels(self, rows: Tensor, ids: Tensor, out, s: SamplingConfig, rng, guided: bool) -> Tensor:
+        N, D = ids.shape[0], self.config.channels
         for d in range(D):
             prev = torch.cat([ids, ids]) if guided else ids
-            logits = self.channel_logits(rows, prev)[:, d]  # (R, V); the prefix is causal: channels < d unchanged
+            logits = self.channel_logits(rows, prev)[:, d].float()  # (R, V); causal prefix: channels < d unchanged; fp32 under bf16
             if guided:
                 logits = apply_guidance(logits[:N], logits[N:], out.weight, out.schedule)
             nxt = sample_logits(logits, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, generator=rng)
             ids = torch.cat([ids, nxt.unsqueeze(1)], 1)
-        return ids.view(B, T, D)
+        return ids
 
 
 @register_model

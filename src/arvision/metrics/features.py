@@ -25,8 +25,10 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from arvision.cache import entry_path, load_entry, path_identity, save_entry
 from arvision.errors import DataError
 from arvision.metrics.generative import FeatureStats
+from arvision.outputs import atomic_path
 
 FeatureKind = Literal["inception", "mnist"]
 
@@ -41,9 +43,18 @@ class FeatureExtractor:
 
     name: str
     dim: int
+    net: torch.nn.Module
 
     def __call__(self, images_u8: Tensor) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
+
+    def identity(self) -> str:
+        """Name and weights hash of the network (what cached reference features are keyed on)."""
+        if getattr(self, "_identity", None) is None:
+            from arvision.cache import module_hash
+
+            self._identity = f"{self.name}:{module_hash(self.net)}"
+        return self._identity
 
     @torch.no_grad()
     def extract(self, images_u8: Tensor, batch_size: int = 100, progress: bool = False) -> tuple[Tensor, Tensor]:
@@ -103,8 +114,8 @@ def save_samples_npz(path: str | os.PathLike, images_u8_BCHW: Tensor, labels: Te
     if labels is not None:
         arrays["arr_1"] = labels.cpu().numpy().astype(np.int64)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, **arrays)
+    with atomic_path(path) as tmp:  # complete or absent, never half written (a resumed run trusts what exists)
+        np.savez(tmp, **arrays)
     return path
 
 
@@ -171,9 +182,28 @@ def _reference_images(spec: str, *, channels: int, image_size: int) -> Iterator[
     raise DataError(f"reference {spec!r} not found: use mnist:test / mnist:train (mnist:train:10000 = its first 10,000), an .npz (arr_0 images or mu/sigma) or a folder of images")
 
 
+def reference_identity(spec: str, *, channels: int, image_size: int) -> dict:
+    """What the reference images of ``spec`` depend on: the spec, the files behind it (path, size,
+    modification time; every file of a folder) and, for a folder, the size and channels it is read at."""
+    mnist = mnist_reference(spec)
+    if mnist is not None:
+        from arvision.data.mnist import default_mnist_path
+
+        return {"spec": spec, "mnist": list(mnist), "file": path_identity(default_mnist_path())}
+    p = Path(spec)
+    if not p.exists():
+        raise DataError(f"reference {spec!r} not found: use mnist:test / mnist:train (mnist:train:10000 = its first 10,000), an .npz (arr_0 images or mu/sigma) or a folder of images")
+    ident = {"spec": spec, "file": path_identity(p)}
+    return {**ident, "channels": channels, "image_size": image_size} if p.is_dir() else ident
+
+
 def load_reference(spec: str, extractor: FeatureExtractor, *, channels: int = 3, image_size: int = 256,
-                   batch_size: int = 200, progress: bool = True) -> Reference:  # fmt: skip
-    """Features/statistics of the reference ``spec`` under ``extractor`` (see the module docstring)."""
+                   batch_size: int = 200, progress: bool = True, cache: bool = True) -> Reference:  # fmt: skip
+    """Features/statistics of the reference ``spec`` under ``extractor`` (see the module docstring).
+
+    With ``cache`` (default) the features are computed once per (network weights, reference files)
+    and kept in ``arvision.cache.cache_dir("features")``: a changed reference file or network
+    recomputes them, so does a damaged cache file."""
     p = Path(spec)
     if p.suffix == ".npz" and p.is_file():
         arrays = _read_npz(p, ("arr_0", "mu", "sigma"))
@@ -183,6 +213,13 @@ def load_reference(spec: str, extractor: FeatureExtractor, *, channels: int = 3,
                 raise DataError(f"{p} holds {stats.dim}-d statistics but the {extractor.name} features are "
                                 f"{extractor.dim}-d: use the feature network the reference was made with")  # fmt: skip
             return Reference(str(p), stats)
+    key = entry = None
+    if cache:
+        key = {"features": extractor.identity(), "reference": reference_identity(spec, channels=channels, image_size=image_size)}
+        entry = load_entry(entry_path("features", key), key, lambda t: _valid_features(t, extractor.dim))
+    if entry is not None:
+        features, logits = entry[0]["features"], entry[0]["logits"]
+        return Reference(spec, FeatureStats.of(features), features, logits)
     feats, logits = [], []
     for batch in _reference_images(spec, channels=channels, image_size=image_size):
         f, lg = extractor.extract(batch, batch_size, progress)
@@ -191,4 +228,14 @@ def load_reference(spec: str, extractor: FeatureExtractor, *, channels: int = 3,
     features = torch.cat(feats)
     if len(features) < 2:
         raise DataError(f"reference {spec} has {len(features)} image(s); FID needs at least 2")
-    return Reference(spec, FeatureStats.of(features), features, torch.cat(logits))
+    logits = torch.cat(logits)
+    if key is not None:
+        save_entry(entry_path("features", key), key, {"features": features, "logits": logits})
+    return Reference(spec, FeatureStats.of(features), features, logits)
+
+
+def _valid_features(t: dict[str, Tensor], dim: int) -> bool:
+    """A cache entry worth trusting: features (N, dim) and logits (N, K), N >= 2, all finite."""
+    f, lg = t.get("features"), t.get("logits")
+    return (f is not None and lg is not None and f.ndim == 2 and f.shape[1] == dim and lg.ndim == 2 and len(lg) == len(f) >= 2
+            and f.dtype == torch.float32 and bool(torch.isfinite(f).all()) and bool(torch.isfinite(lg).all()))  # fmt: skip

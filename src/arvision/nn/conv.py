@@ -120,8 +120,10 @@ class _Level(nn.Module):
 
     def __init__(self, block_in: int, block_out: int, num_blocks: int, *, attn: bool, groups: int, dropout: float) -> None:
         super().__init__()
-        widths = [block_in] + [block_out] * num_blocks
-        self.block = nn.ModuleList(ResnetBlock(a, b, groups=groups, dropout=dropout) for a, b in zip(widths, widths[1:]))
+        # a generator, not a list of widths: a corrupt config's huge num_blocks is stopped by the
+        # allocation guard of load_model after a few blocks (arvision.modelcheck), not by a giant list
+        self.block = nn.ModuleList(ResnetBlock(block_in if k == 0 else block_out, block_out, groups=groups, dropout=dropout)
+                                   for k in range(num_blocks))  # fmt: skip
         self.attn = nn.ModuleList(AttnBlock(block_out, groups=groups) for _ in range(num_blocks if attn else 0))
 
     def run(self, h: Tensor) -> Tensor:

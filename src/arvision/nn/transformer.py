@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from arvision.config import Config
 from arvision.nn.kv_cache import KVCache
 from arvision.nn.linear import Linear, linear
+from arvision.runtime import compute_dtype
 
 _CHOICES = {
     "conditioning": ("prefix", "adaln"),
@@ -303,6 +304,8 @@ class Transformer(nn.Module):
         return tuple(i * (D - 1) // (depth - 1) for i in range(depth)) if depth > 1 else (0,)
 
     def new_cache(self, batch_size: int, max_len: int, *, dtype: torch.dtype | None = None, device=None) -> KVCache:
+        """A cache in the dtype the keys/values are computed in (bf16 under bf16 autocast, else the weights')."""
         p = next(self.parameters())
+        dtype = dtype or compute_dtype(device or p.device, p.dtype)
         return KVCache(num_layers=self.config.depth, batch_size=batch_size, num_heads=self.config.num_heads,
-                       max_len=max_len, head_dim=self.config.head_dim, dtype=dtype or p.dtype, device=device or p.device)  # fmt: skip
+                       max_len=max_len, head_dim=self.config.head_dim, dtype=dtype, device=device or p.device)  # fmt: skip

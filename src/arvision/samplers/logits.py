@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from arvision.samplers import rng as rng_
+
 
 def guidance_weight(cfg: float, schedule: str, step: int, num_steps: int, progress: float | None = None) -> float:
     """The guidance strength of ``step`` (0-based) out of ``num_steps`` (see SamplingConfig);
@@ -53,22 +55,25 @@ def filter_top_p(logits_NV: Tensor, p: float) -> Tensor:
 
 def sampling_probs(logits_NV: Tensor, *, temperature: float = 1.0, top_k: int = 0, top_p: float = 0.0) -> Tensor:
     """The float distribution sampling draws from: temperature, then top-k, then top-p, then softmax.
-    (``top_k == 1``, greedy, is an argmax in :func:`sample_logits`, not a draw from these.)"""
+    (``top_k == 1``, greedy, is an argmax in :func:`sample_logits`, not a draw from these.)
+    bf16 logits (a head run under bf16 autocast) are taken to float32 first (a no-op for fp32)."""
+    logits_NV = logits_NV.float()
     if temperature != 1.0:
         logits_NV = logits_NV / max(temperature, 1e-5)
     return filter_top_p(filter_top_k(logits_NV, top_k), top_p).float().softmax(-1)
 
 
 def sample_logits(logits_NV: Tensor, *, temperature: float = 1.0, top_k: int = 0, top_p: float = 0.0,
-                  generator: torch.Generator | None = None) -> Tensor:  # fmt: skip
-    """Token ids (N,) drawn from ``logits_NV``; ``top_k == 1`` is greedy (argmax, no randomness)."""
+                  generator: "rng_.Rng" = None) -> Tensor:  # fmt: skip
+    """Token ids (N,) drawn from ``logits_NV``; ``top_k == 1`` is greedy (argmax, no randomness).
+    ``generator``: a ``torch.Generator`` or per-image :class:`~arvision.samplers.rng.RowStreams`."""
     if top_k == 1:
         return logits_NV.argmax(-1)
     probs = sampling_probs(logits_NV, temperature=temperature, top_k=top_k, top_p=top_p)
-    return torch.multinomial(probs, 1, replacement=True, generator=generator).squeeze(-1)
+    return rng_.multinomial(probs, 1, generator, replacement=True).squeeze(-1)
 
 
-def sample_categorical(logits_BTV: Tensor, s, rng: torch.Generator | None = None) -> Tensor:
+def sample_categorical(logits_BTV: Tensor, s, rng: "rng_.Rng" = None) -> Tensor:
     """Token ids (B, T) from logits (B, T, V) with the settings ``s`` (a SamplingConfig)."""
     B, T, V = logits_BTV.shape
     return sample_logits(logits_BTV.reshape(-1, V), temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, generator=rng).view(B, T)

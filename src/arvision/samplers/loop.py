@@ -23,6 +23,7 @@ from arvision.samplers.collaborative import collaborate
 from arvision.samplers.config import SamplingConfig
 from arvision.samplers.logits import guidance_weight
 from arvision.samplers.order import DecodeState, Decoder, Sampler, Step
+from arvision.samplers.rng import Rng, select
 
 
 @dataclass
@@ -91,7 +92,11 @@ class DecodeOutput:
 def guide(head, out_RTV: Tensor, B: int, s: SamplingConfig, group: int, num_groups: int,
           progress: float | None = None) -> tuple[Tensor, float | None]:  # fmt: skip
     """The (B, T, V) outputs of decoding step ``group`` of ``num_groups``: guided by the null rows
-    (R = 2B) when ``s`` guides this step, else the conditional rows; and the guidance weight used."""
+    (R = 2B) when ``s`` guides this step, else the conditional rows; and the guidance weight used.
+    Outputs of a low-precision forward pass (bf16 sampling) are taken to float32 first: guidance,
+    temperature, top-k/top-p and the softmax never run in bf16."""
+    if out_RTV.dtype in (torch.bfloat16, torch.float16):
+        out_RTV = out_RTV.float()
     if out_RTV.shape[0] == B:
         return out_RTV, None
     if not s.guides_step(group):
@@ -115,7 +120,7 @@ class DecodeRun:
     Arguments as in :func:`decode`.
     """
 
-    def __init__(self, generator: Decoder, tokenizer, labels_B: Tensor, s: SamplingConfig, rng: torch.Generator | None = None,
+    def __init__(self, generator: Decoder, tokenizer, labels_B: Tensor, s: SamplingConfig, rng: Rng = None,
                  *, prior_BL: Tensor | None = None, known_BL: Tensor | None = None,
                  callback: Callable[[StepInfo], None] | None = None, refiner: Decoder | None = None) -> None:  # fmt: skip
         if s.decoding != "plain":
@@ -169,6 +174,7 @@ class DecodeRun:
         for k, v in st.extra.items():
             assert v.shape[0] == B, f"state.extra[{k!r}] has {v.shape[0]} rows, not the batch's {B}"
             st.extra[k] = v[rows_N]
+        self.sampler.rng = select(self.sampler.rng, rows_N)  # per-image streams follow their candidates
 
     def output(self, t0: float) -> DecodeOutput:
         """The decoded batch and what it cost (``t0``: ``time.perf_counter()`` at the start)."""
@@ -179,7 +185,7 @@ class DecodeRun:
 
 
 @torch.no_grad()
-def decode(generator: Decoder, tokenizer, labels_B: Tensor, s: SamplingConfig, rng: torch.Generator | None = None, *,
+def decode(generator: Decoder, tokenizer, labels_B: Tensor, s: SamplingConfig, rng: Rng = None, *,
            prior_BL: Tensor | None = None, known_BL: Tensor | None = None,
            callback: Callable[[StepInfo], None] | None = None, progress: bool = False,
            refiner: Decoder | None = None) -> DecodeOutput:  # fmt: skip

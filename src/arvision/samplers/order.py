@@ -27,6 +27,7 @@ from torch import Tensor
 
 from arvision.samplers.config import HEAD_SETTINGS, ORDER_SETTINGS, SamplingConfig
 from arvision.samplers.logits import sample_categorical
+from arvision.samplers.rng import Rng, rand
 
 if TYPE_CHECKING:
     from arvision.nn.kv_cache import KVCache
@@ -128,7 +129,7 @@ class Sampler:
     """Settings + random-number generator + the head that turns a step's outputs into token ids."""
 
     settings: SamplingConfig
-    rng: torch.Generator | None = None
+    rng: Rng = None  # a torch.Generator or per-image RowStreams (arvision.samplers.rng)
     head: Head | None = None  # None: categorical sampling of logits
 
     def sample(self, logits_BTV: Tensor) -> Tensor:
@@ -256,7 +257,7 @@ def reveal_step(logits_BLV: Tensor, tokens_BL: Tensor, open_BL: Tensor, keep_mas
     if not bool(keep.any()):
         return torch.where(open_BL, cand, tokens_BL), torch.zeros_like(open_BL)
     logp = (logits_BLV.float() / s.temperature).log_softmax(-1).gather(-1, cand.unsqueeze(-1)).squeeze(-1)
-    u = torch.rand(B, L, generator=rng, device=logits_BLV.device).clamp_(1e-20, 1 - 1e-7)
+    u = rand((B, L), rng, device=logits_BLV.device).clamp_(1e-20, 1 - 1e-7)
     conf = logp + s.choice_temperature * (1 - progress) * -torch.log(-torch.log(u))
     conf = conf.masked_fill(~open_BL, float("inf"))
     still = conf.argsort(dim=1, stable=True).argsort(dim=1) < keep  # the least confident stay masked

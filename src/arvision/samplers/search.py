@@ -44,6 +44,7 @@ from arvision.samplers.config import SamplingConfig
 from arvision.rewards import check_scores
 from arvision.samplers.loop import DecodeOutput, DecodeRun, SamplingStats, check_settings
 from arvision.samplers.order import Order
+from arvision.samplers.rng import Rng, expand, multinomial, randint, request_stream, rng_device
 
 POTENTIALS = ("value", "diff", "max", "sum")
 RewardFn = Callable[[Tensor, Tensor], Tensor]
@@ -172,17 +173,17 @@ def _best_per_request(scores_B: Tensor, K: int) -> Tensor:
     return scores_B.view(Q, K).argmax(1) + torch.arange(Q) * K
 
 
-def kmeans_select(x_ND: Tensor, k: int, rng: torch.Generator | None, iters: int = 25) -> Tensor:
+def kmeans_select(x_ND: Tensor, k: int, rng: Rng, iters: int = 25) -> Tensor:
     """Indices of ``k`` distinct rows of ``x``: k-means (k-means++ start), the row nearest each centre."""
     N = x_ND.shape[0]
     if k >= N:
         return torch.arange(N)
     x = x_ND.double()
-    first = int(torch.randint(N, (1,), generator=rng, device=_device(rng)))
+    first = int(randint(N, (1,), rng, device=rng_device(rng)))
     centres = [x[first]]
     for _ in range(1, k):  # k-means++: the next centre drawn proportionally to the squared distance
         d2 = torch.cdist(x, torch.stack(centres)).amin(1).square()
-        nxt = int(torch.multinomial((d2 / d2.sum()).to(_device(rng)), 1, generator=rng)) if d2.sum() > 0 else len(centres)
+        nxt = int(multinomial((d2 / d2.sum()).to(rng_device(rng)), 1, rng)) if d2.sum() > 0 else len(centres)
         centres.append(x[nxt])
     c = torch.stack(centres)
     for _ in range(iters):
@@ -202,13 +203,13 @@ def kmeans_select(x_ND: Tensor, k: int, rng: torch.Generator | None, iters: int 
 
 
 @torch.no_grad()
-def best_of_n(generator, tokenizer, labels_Q: Tensor, s: SamplingConfig, rng: torch.Generator | None, *, reward: RewardFn,
+def best_of_n(generator, tokenizer, labels_Q: Tensor, s: SamplingConfig, rng: Rng, *, reward: RewardFn,
               n: int, decode_fn: Callable[..., DecodeOutput], progress: bool = False) -> tuple[DecodeOutput, Tensor, Tensor]:  # fmt: skip
     """(output, images in [-1, 1], scores) of the best of ``n`` candidates per request; ``decode_fn``
     decodes a batch (the plain loop or speculative decoding)."""
     t0 = time.perf_counter()
     labels_B = labels_Q.repeat_interleave(n)
-    out = decode_fn(generator, tokenizer, labels_B, s, rng, progress=progress)
+    out = decode_fn(generator, tokenizer, labels_B, s, expand(rng, n), progress=progress)  # candidate 0: the plain image's stream
     images = generator.order_class(generator, tokenizer).images(out.state)  # the order's images (FlexVAR: the schedule's size)
     scores = _score(reward, images, labels_B)
     best = _best_per_request(scores, n).to(out.tokens.device)
@@ -221,7 +222,7 @@ def best_of_n(generator, tokenizer, labels_Q: Tensor, s: SamplingConfig, rng: to
 
 
 @torch.no_grad()
-def tts_var(generator, tokenizer, labels_Q: Tensor, s: SamplingConfig, rng: torch.Generator | None, *, reward: RewardFn,
+def tts_var(generator, tokenizer, labels_Q: Tensor, s: SamplingConfig, rng: Rng, *, reward: RewardFn,
             budget: int, config: TTSVAR, progress: bool = False) -> tuple[DecodeOutput, Tensor, Tensor]:  # fmt: skip
     """(output, images in [-1, 1], scores) of TTS-VAR for every request (see the module docstring)."""
     t0 = time.perf_counter()
@@ -231,7 +232,7 @@ def tts_var(generator, tokenizer, labels_Q: Tensor, s: SamplingConfig, rng: torc
                          "have: use it with a next-scale model (e.g. mnist-scale), or search='best-of-n' for any order")  # fmt: skip
     sizes, clusters, resample = config.schedule(groups, budget)
     Q = labels_Q.shape[0]
-    run = DecodeRun(generator, tokenizer, labels_Q.repeat_interleave(sizes[0]), s, rng)
+    run = DecodeRun(generator, tokenizer, labels_Q.repeat_interleave(sizes[0]), s, expand(rng, sizes[0]))
     history: Tensor | None = None  # (B, scored scales so far): the candidates' rewards along their lineage
     evaluations = 0
     last = {st.group: st.index for st in run.plan}
@@ -244,13 +245,13 @@ def tts_var(generator, tokenizer, labels_Q: Tensor, s: SamplingConfig, rng: torc
         images = run.order.preview(run.state)
         if k in clusters:
             feats = _features(images, config)
-            rows = torch.cat([kmeans_select(feats[q * K : (q + 1) * K], K_next, rng) + q * K for q in range(Q)])
+            rows = torch.cat([kmeans_select(feats[q * K : (q + 1) * K], K_next, request_stream(rng, q)) + q * K for q in range(Q)])
         else:
             scores = _score(reward, images, run.labels_B)
             evaluations += len(scores)
             history = scores[:, None] if history is None else torch.cat([history, scores[:, None]], 1)
             weights = (config.lam * _potential(history, config.potential)).view(Q, K).softmax(1)
-            drawn = torch.multinomial(weights.to(_device(rng)), K_next, replacement=True, generator=rng).cpu()
+            drawn = multinomial(weights.to(rng_device(rng)), K_next, rng, replacement=True).cpu()
             rows = (drawn + torch.arange(Q)[:, None] * K).flatten()
         run.select(rows)
         if history is not None:
@@ -264,11 +265,6 @@ def tts_var(generator, tokenizer, labels_Q: Tensor, s: SamplingConfig, rng: torc
     st.images, st.passes_until_done, st.reward_evaluations = Q, len(run.plan) * Q, evaluations
     st.seconds = time.perf_counter() - t0
     return DecodeOutput(tokens=out.tokens[best], state=out.state, stats=st), images[best], scores[best.cpu()]
-
-
-def _device(rng: torch.Generator | None) -> torch.device:
-    """Where draws from ``rng`` happen (its device; CPU without one)."""
-    return rng.device if rng is not None else torch.device("cpu")
 
 
 def _features(images_BCHW: Tensor, config: TTSVAR) -> Tensor:

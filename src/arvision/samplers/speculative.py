@@ -34,6 +34,7 @@ from arvision.samplers.config import SamplingConfig
 from arvision.samplers.logits import sampling_probs
 from arvision.samplers.loop import DecodeOutput, SamplingStats, StepInfo, guide
 from arvision.samplers.order import DecodeState, Step
+from arvision.samplers.rng import Rng, multinomial, rand, randint
 
 
 def target_probs(logits_BTV: Tensor, s: SamplingConfig) -> Tensor:
@@ -43,8 +44,8 @@ def target_probs(logits_BTV: Tensor, s: SamplingConfig) -> Tensor:
     return sampling_probs(logits_BTV.float(), temperature=s.temperature, top_k=s.top_k, top_p=s.top_p)
 
 
-def draw(probs_NV: Tensor, rng: torch.Generator | None) -> Tensor:
-    return torch.multinomial(probs_NV.reshape(-1, probs_NV.shape[-1]), 1, generator=rng).view(probs_NV.shape[:-1])
+def draw(probs_NV: Tensor, rng: Rng) -> Tensor:
+    return multinomial(probs_NV.reshape(-1, probs_NV.shape[-1]), 1, rng).view(probs_NV.shape[:-1])
 
 
 def latent_neighbours(codes_VD: Tensor, k: int) -> Tensor:
@@ -69,7 +70,7 @@ class JacobiProposer:
     passes = 0
     free = True  # drafting costs no forward pass
 
-    def __init__(self, vocab_size: int, grid_side: int, rng: torch.Generator | None, init: str = "random") -> None:
+    def __init__(self, vocab_size: int, grid_side: int, rng: Rng, init: str = "random") -> None:
         if init not in ("random", "spatial"):
             raise ValueError(f"Jacobi init must be 'random' or 'spatial', got {init!r}")
         self.V, self.side, self.rng, self.init = vocab_size, grid_side, rng, init
@@ -96,7 +97,7 @@ class JacobiProposer:
                 d[:, j] = above
                 q[:, j].scatter_(1, above[:, None], 1.0)
             else:
-                d[:, j] = torch.randint(self.V, (B,), generator=self.rng, device=tokens_BL.device)
+                d[:, j] = randint(self.V, (B,), self.rng, device=tokens_BL.device)
                 q[:, j] = 1.0 / self.V
         return d, q
 
@@ -111,7 +112,7 @@ class DraftModelProposer:
     """A small generator of the same order and tokenizer drafts W tokens, one pass each, with its
     own KV cache (rolled back with the target's)."""
 
-    def __init__(self, draft, s: SamplingConfig, cond_RD: Tensor, rng: torch.Generator | None) -> None:
+    def __init__(self, draft, s: SamplingConfig, cond_RD: Tensor, rng: Rng) -> None:
         self.model, self.s, self.cond, self.rng = draft, s, cond_RD, rng
         self.cache = draft.new_cache(cond_RD.shape[0])
         self.passes = 0
@@ -140,7 +141,7 @@ class DraftModelProposer:
 
 
 @torch.no_grad()
-def speculative_decode(generator, tokenizer, labels_B: Tensor, s: SamplingConfig, rng: torch.Generator | None = None, *,
+def speculative_decode(generator, tokenizer, labels_B: Tensor, s: SamplingConfig, rng: Rng = None, *,
                        draft=None, prior_BL: Tensor | None = None, known_BL: Tensor | None = None, callback=None,
                        progress: bool = False) -> DecodeOutput:  # fmt: skip
     """Decode one batch of the next-token order with ``s.decoding`` in ("sjd", "speculative", "lantern").
@@ -190,7 +191,7 @@ def speculative_decode(generator, tokenizer, labels_B: Tensor, s: SamplingConfig
             fresh = getattr(proposer, "fresh_BW", None)
             relaxed = relaxed_prob(p[:, :W], d, neighbours, s.lantern_delta)
             pd = relaxed if fresh is None else torch.where(fresh, pd, relaxed)
-        accept = (torch.rand(B, W, generator=rng, device=device) * qd < pd) | fixed
+        accept = (rand((B, W), rng, device=device) * qd < pd) | fixed
         run_B = accept.long().cumprod(1).sum(1)
         # the token after the run: a sample from the residual max(0, p - q) after a rejection, the bonus
         # token from the last position when every draft stands (none at the end of the sequence)

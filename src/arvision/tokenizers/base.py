@@ -61,6 +61,8 @@ class AutoencoderConfig(Config):
             raise ValueError(f"in_channels must be 1 (grayscale) or 3 (RGB), got {self.in_channels}")
         if not self.ch_mult or any(m <= 0 for m in self.ch_mult):
             raise ValueError(f"ch_mult must be a non-empty tuple of positive ints, got {self.ch_mult}")
+        if self.norm_groups < 1:
+            raise ValueError(f"norm_groups must be >= 1, got {self.norm_groups}")
         for width in {self.ch * m for m in self.ch_mult}:
             if width % self.norm_groups:
                 raise ValueError(f"norm_groups={self.norm_groups} must divide every width ch*ch_mult, but not {width}")
@@ -182,6 +184,8 @@ class Tokenizer(PretrainedModel):
                 f"wrong image size {tuple(images.shape[-2:])}: this tokenizer was built for "
                 f"{c.image_size}x{c.image_size}; resize (e.g. arvision.data.resize_center_crop) first"
             )
+        if not torch.isfinite(images).all():  # NaN would pass the range test below and decode to garbage
+            raise ValueError("images contain NaN or inf values; check the code that produced them (images are float in [-1, 1])")
         if images.numel() and (images.min() < -1.01 or images.max() > 1.01):
             raise ValueError(
                 f"images must be in [-1, 1], got values in [{images.min().item():.3g}, {images.max().item():.3g}]; "
@@ -195,10 +199,12 @@ class Tokenizer(PretrainedModel):
             raise TypeError(f"tokens must be integers, got dtype {tokens.dtype}")
         if tokens.shape[1] != self.num_tokens:
             raise ValueError(f"this tokenizer uses {self.num_tokens} tokens per image, got {tokens.shape[1]}")
-        if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.codebook_size):
-            raise ValueError(
-                f"token ids must be in [0, {self.codebook_size}), got [{tokens.min().item()}, {tokens.max().item()}]"
-            )
+        self.check_ids(tokens)
+
+    def check_ids(self, ids: Tensor) -> None:
+        """A clear error for ids outside the codebook (else: an index error deep in torch, a device assert on CUDA)."""
+        if ids.numel() and (ids.min() < 0 or ids.max() >= self.codebook_size):
+            raise ValueError(f"token ids must be in [0, {self.codebook_size}), got [{ids.min().item()}, {ids.max().item()}]")
 
     # -- PIL helpers ----------------------------------------------------------------------------
     def _device(self) -> torch.device:

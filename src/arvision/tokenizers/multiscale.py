@@ -159,4 +159,6 @@ class MultiScaleVQTokenizer(Tokenizer):
             t.ndim != 2 or t.shape[1] != pn * pn for t, pn in zip(idx_list, self.patch_nums)
         ):
             raise ValueError(f"per-scale tokens must be [(B, pn^2)] for patch_nums {self.patch_nums}")
+        for t in idx_list:
+            self.check_ids(t)
         return idx_list

@@ -15,7 +15,8 @@ from typing import Any, Callable, Iterator
 import torch
 from torch.utils.data import Dataset
 
-from arvision.errors import ModelFileError
+from arvision.errors import ModelFileError, OutputError
+from arvision.outputs import check_dir, check_run_dir
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -91,13 +92,18 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def start_or_resume(out: Path, *, resume: bool, preset: str | None, steps: int | None,
-                    new_run: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any] | None]:  # fmt: skip
+                    new_run: Callable[[], dict[str, Any]], overwrite: bool = False,
+                    own: tuple[str, ...] = ()) -> tuple[dict[str, Any], dict[str, Any] | None]:  # fmt: skip
     """(run description, checkpoint or None): resume the run in ``out`` or start a new one.
 
-    Resuming takes every setting from the checkpoint; starting refuses to overwrite a run.
+    Resuming takes every setting from the checkpoint. Starting refuses, before any work, a folder
+    that cannot be written or that already holds a run, a model or other files (only ``own``:
+    intermediate files of this kind of run such as a token cache, may be there) unless
+    ``overwrite``; then the old checkpoint is removed so that a later ``--resume`` cannot pick it up.
     """
     ckpt_path = out / CHECKPOINT_NAME
     if resume:
+        check_dir(out, "--out")
         ckpt = load_checkpoint(ckpt_path)
         started = ckpt["run"]["train"]["steps"]
         if steps is not None and steps != started:
@@ -105,8 +111,12 @@ def start_or_resume(out: Path, *, resume: bool, preset: str | None, steps: int |
         return ckpt["run"], ckpt
     if preset is None:
         raise ValueError("a --preset is needed to start training (or pass --resume to continue a run)")
-    if ckpt_path.exists():
-        raise ValueError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
+    if check_run_dir(out, "--out", overwrite=overwrite, marker=CHECKPOINT_NAME, own=own, what="training run"):
+        if not overwrite:
+            raise OutputError(f"{out} already holds a training run; pass --resume to continue it, --overwrite to start "
+                              "again from scratch, or choose another --out")  # fmt: skip
+        if int(os.environ.get("RANK", "0")) == 0:
+            ckpt_path.unlink(missing_ok=True)
     return new_run(), None
 
 
@@ -124,3 +134,16 @@ def set_lr(opt: torch.optim.Optimizer, step: int, tc) -> float:
     for g in opt.param_groups:
         g["lr"] = lr
     return lr
+
+
+def card_description(preset_description: str, *, kind: str, preset: str, data: str, tokenizer: str | None = None,
+                     preset_tokenizer: str | None = None) -> str:  # fmt: skip
+    """The ``description`` of a trained model's card.
+
+    A preset's description names the preset's own data (MNIST) and tokenizer; a model trained on
+    another data set or tokenizer describes itself instead of inheriting words that are not true of it.
+    """
+    if data == "mnist" and tokenizer == preset_tokenizer:
+        return preset_description
+    on = f" on {tokenizer}" if tokenizer else ""
+    return f"{kind}{on}, trained on {data} with the settings of the {preset} preset"

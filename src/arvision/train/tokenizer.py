@@ -17,7 +17,6 @@ evaluated and saved like the others.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -28,15 +27,18 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from arvision.data import get_dataset, split_dataset
+from arvision.devices import check_device
 from arvision.evaluate import evaluate_tokenizer, ordered_batches
 from arvision.hub import load
 from arvision.modeling import _REGISTRY
+from arvision.outputs import write_json
 from arvision.presets import TokenizerTrainConfig, get_tokenizer_preset
 from arvision.tokenizers import Tokenizer
 from arvision.train.common import (
     CHECKPOINT_NAME,
     StepBatchSampler,
     batch_iterator,
+    card_description,
     make_adamw,
     save_checkpoint,
     set_lr,
@@ -53,6 +55,7 @@ def train_tokenizer(
     batch_size: int | None = None,
     lr: float | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     device: str = "cpu",
     progress: bool = True,
     stop_after: int | None = None,
@@ -67,10 +70,12 @@ def train_tokenizer(
         data: "mnist" or a folder of images.
         steps, batch_size, lr: override the preset's training settings.
         resume: continue from ``out_dir/checkpoint.pt`` with the settings stored in it.
+        overwrite: start afresh in an ``out_dir`` that holds a run, a model or other files (refused otherwise).
         stop_after: stop (with a checkpoint) after this global step, as if killed; for tests.
         command: the command line to record in the model card.
         eval_limit: evaluate on at most this many held-out images.
     """
+    check_device(device)  # a clear error before anything is loaded
     out = Path(out_dir)
     ckpt_path = out / CHECKPOINT_NAME
 
@@ -83,7 +88,7 @@ def train_tokenizer(
             "command": command or f"arvision train tokenizer --preset {preset} --data {data} --out {out}",
         }  # fmt: skip
 
-    run, ckpt = start_or_resume(out, resume=resume, preset=preset, steps=steps, new_run=new_run)
+    run, ckpt = start_or_resume(out, resume=resume, preset=preset, steps=steps, new_run=new_run, overwrite=overwrite)
     cls = _REGISTRY[run["model_type"]]
     tc = TokenizerTrainConfig.from_dict(run["train"])
     torch.manual_seed(tc.seed)  # model init only; everything after uses explicit generators
@@ -182,14 +187,15 @@ def _finish(model: Tokenizer, run: dict[str, Any], heldout, out: Path, training:
     metrics["train_seconds"] = round(run.get("seconds", 0.0), 1)
     info = {
         **model.info,  # what the model recorded about itself (TokenBridge: the fitted ranges)
-        "description": get_tokenizer_preset(run["preset"]).description if run.get("preset") else "",
+        "description": card_description(get_tokenizer_preset(run["preset"]).description, kind=f"{model.model_type} tokenizer",
+                                        preset=run["preset"], data=run["data"]) if run.get("preset") else "",
         "preset": run.get("preset"),
         "training": {**training, "seconds": metrics["train_seconds"]},
         "metrics": {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()},
         "eval_data": _heldout_name(run["data"]),
     }
     model.save_pretrained(out, info=info)
-    (out / "metrics.json").write_text(json.dumps(info["metrics"], indent=2) + "\n")
+    write_json(out / "metrics.json", info["metrics"])
     return metrics
 
 
