@@ -7,6 +7,7 @@ nearly the same tokens; memory settings must not outlive the call that made them
 
 from __future__ import annotations
 
+import ctypes
 import json
 import sys
 import threading
@@ -109,6 +110,20 @@ def _region(t: torch.Tensor) -> str:
     raise AssertionError("pointer in no mapping")
 
 
+def _free_heap_bytes() -> int:
+    """Free bytes held in malloc's arenas (glibc's mallinfo2 ``fordblks``)."""
+    fn = getattr(runtime._LIBC, "mallinfo2", None)
+    if fn is None:
+        pytest.skip("glibc without mallinfo2 (< 2.33)")
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                        "fsmblks", "uordblks", "fordblks", "keepcost")]  # fmt: skip
+
+    fn.restype = MallInfo2
+    return int(fn().fordblks)
+
+
 @needs_glibc
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/maps")
 def test_sample_leaves_malloc_as_it_found_it(pipe, monkeypatch) -> None:
@@ -124,7 +139,12 @@ def test_sample_leaves_malloc_as_it_found_it(pipe, monkeypatch) -> None:
     pipe.sample([1], 1, callback=lambda info: seen.append(runtime.memory_reuse_state()))
     assert seen and all(s["active"] and s["scopes"] == 1 for s in seen)  # in force during the call
     assert runtime.memory_reuse_state() == {"scopes": 0, "opt_in": False, "active": False}
-    after = torch.empty(big, dtype=torch.uint8)
+    # larger than all free heap memory, so that no freed chunk (kept in glibc's bins, its pages
+    # returned by malloc_trim) can serve it: glibc's threshold alone decides heap or own mmap
+    after_size = max(big, _free_heap_bytes() + (64 << 20))
+    if after_size >= 1 << 30:
+        pytest.skip("the heap holds too much free memory to tell the thresholds apart")
+    after = torch.empty(after_size, dtype=torch.uint8)
     assert _region(after) == "", "a large block after sample() still comes from the heap: the setting leaked"
 
 
