@@ -173,3 +173,25 @@ def test_memory_reuse_is_a_no_op_without_glibc(monkeypatch) -> None:
     assert not runtime.keep_freed_memory()
     runtime.release_memory()
     assert sys.modules["arvision.runtime"] is runtime
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["packed-qkv", "contiguous", "odd-offset"])
+def test_rope_is_the_official_formula_bit_for_bit(dtype, layout) -> None:
+    """apply_rope's complex product equals LlamaGen's real-valued rotation exactly, whatever the layout."""
+    from arvision.nn.transformer import apply_rope
+
+    B, H, L, D = 3, 4, 9, 16
+    ang = torch.rand(L, D // 2, dtype=torch.float64).mul(200).float()
+    rope = torch.stack([ang.cos(), ang.sin()], -1)
+    if layout == "packed-qkv":  # q as the attention takes it: a permuted view of the qkv projection
+        x = torch.randn(B, L, 3, H, D).mul(5).to(dtype).permute(2, 0, 3, 1, 4)[0]
+    elif layout == "odd-offset":  # a view starting at an odd element: view_as_complex cannot take it as it is
+        x = torch.randn(B * H * L * D + 1).mul(5).to(dtype)[1:].view(B, H, L, D)
+    else:
+        x = torch.randn(B, H, L, D).mul(5).to(dtype)
+    xf = x.float().unflatten(-1, (-1, 2))
+    x0, x1, cos, sin = xf[..., 0], xf[..., 1], rope[..., 0], rope[..., 1]
+    official = torch.stack([x0 * cos - x1 * sin, x1 * cos + x0 * sin], -1).flatten(-2).type_as(x)
+    assert torch.equal(apply_rope(x, rope), official)
+    assert torch.equal(apply_rope(x[:, :, 2:5], rope[2:5]), official[:, :, 2:5])  # a window of positions (a decode step)
