@@ -95,6 +95,32 @@ def test_a_folder_without_write_permission_as_root(tmp_path, monkeypatch) -> Non
         outputs.check_dir(ro / "sub", "--out")
 
 
+def test_a_folder_that_refuses_files_whatever_os_access_says(tmp_path, monkeypatch, capsys, no_work) -> None:
+    """Root is allowed everything by os.access, but /proc, read-only mounts and full disks still refuse
+    files: the check creates one for real (before: '[Errno 2] ... .x.123.tmp.png' after sampling)."""
+    folder = tmp_path / "refuses"
+    folder.mkdir()
+    real = outputs.tempfile.NamedTemporaryFile
+
+    def refuse(*args, dir=None, **kwargs):
+        if dir is not None and os.fspath(dir) == os.fspath(folder):
+            raise OSError(30, "Read-only file system")
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(outputs.tempfile, "NamedTemporaryFile", refuse)
+    with pytest.raises(OutputError, match=r"cannot write into .*refuses \(Read-only file system\)"):
+        outputs.check_image_file(folder / "x.png", "-o")
+    code, _, err = run(capsys, "generate", "mnist-scale", "-o", str(folder / "x.png"))
+    assert code == 2 and "cannot write into" in err and "Traceback" not in err
+    assert not list(folder.iterdir())  # the probe leaves nothing behind
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="Linux /proc")
+def test_proc_is_not_an_output_folder(capsys, no_work) -> None:
+    code, _, err = run(capsys, "generate", "mnist-scale", "-o", "/proc/x.png")
+    assert code == 2 and "cannot write into /proc" in err
+
+
 def test_run_dir_rules(tmp_path) -> None:
     assert outputs.check_run_dir(tmp_path / "missing", "--out") is False
     empty = tmp_path / "empty"

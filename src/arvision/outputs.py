@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -98,10 +99,24 @@ def check_dir(path: str | os.PathLike, option: str | None = None) -> Path:
         existing = existing.parent
     if not existing.is_dir():
         raise OutputError(f"{what}: {existing} is a file, so no folder can be created under it; choose another path")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise OutputError(f"{what}: cannot write into {existing} (permission denied); choose another location "
+    reason = _cannot_write(existing)
+    if reason:
+        raise OutputError(f"{what}: cannot write into {existing} ({reason}); choose another location "
                           "or fix its permissions")  # fmt: skip
     return p
+
+
+def _cannot_write(folder: Path) -> str | None:
+    """Why no file can be created in ``folder`` (None if one can): tried for real, since
+    ``os.access`` says yes to root everywhere, also in /proc and on some read-only mounts."""
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return "permission denied"
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".arvision-write-check-"):
+            pass
+    except OSError as e:
+        return e.strerror or type(e).__name__
+    return None
 
 
 def check_file(path: str | os.PathLike, option: str | None = None, *, suffixes: Iterable[str] | None = None,
