@@ -22,7 +22,7 @@ from arvision.evaluate import evaluate_generator, score_features
 from arvision.metrics.features import MnistFeatures, load_reference
 from arvision.metrics.mnist_classifier import class_accuracy
 
-MODELS = ("mnist-raster", "mnist-scale", "mnist-markov-scale", "mnist-neighbor", "mnist-masked")
+MODELS = ("mnist-raster", "mnist-scale", "mnist-markov-scale", "mnist-neighbor", "mnist-masked", "mnist-flexvar")
 
 
 def main() -> None:

@@ -134,6 +134,8 @@ def test_run_dir_rules(tmp_path) -> None:
     assert outputs.check_run_dir(model, "--out", overwrite=True) is False
     (model / "run.json").write_text("{}")
     assert outputs.check_run_dir(model, "--out", marker="run.json") is True  # our own run: resumed
+    (empty / ".arvision-write-check-x1y2").write_text("")  # another rank's write check, at that moment
+    assert outputs.check_run_dir(empty, "--out") is False  # (was: "already holds files": torchrun failed)
     cache = tmp_path / "cache"
     cache.mkdir()
     (cache / "tokens.safetensors").write_bytes(b"")

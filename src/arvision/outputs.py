@@ -106,13 +106,16 @@ def check_dir(path: str | os.PathLike, option: str | None = None) -> Path:
     return p
 
 
+_WRITE_CHECK = ".arvision-write-check-"
+
+
 def _cannot_write(folder: Path) -> str | None:
     """Why no file can be created in ``folder`` (None if one can): tried for real, since
     ``os.access`` says yes to root everywhere, also in /proc and on some read-only mounts."""
     if not os.access(folder, os.W_OK | os.X_OK):
         return "permission denied"
     try:
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".arvision-write-check-"):
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=_WRITE_CHECK):
             pass
     except OSError as e:
         return e.strerror or type(e).__name__
@@ -163,7 +166,8 @@ def check_run_dir(path: str | os.PathLike, option: str | None = None, *, overwri
     entries = sorted(e.name for e in p.iterdir())
     if marker is not None and marker in entries:
         return True
-    foreign = [e for e in entries if e not in set(own)]
+    # the write check of another process (torchrun ranks check the same folder at once) is not foreign
+    foreign = [e for e in entries if e not in set(own) and not e.startswith(_WRITE_CHECK)]
     if foreign and not overwrite:
         held = "a model" if "config.json" in entries else ("a run" if "run.json" in entries or "checkpoint.pt" in entries else "files")
         shown = ", ".join(foreign[:4]) + (", ..." if len(foreign) > 4 else "")
