@@ -18,19 +18,14 @@ import arvision.cli.generate
 import arvision.cli.reconstruct
 import arvision.cli.tune
 from arvision import outputs
-from arvision.cli import build_parser, main
+from arvision.cli import build_parser
 from arvision.errors import OutputError
 from arvision.evaluate import balanced_count
 from arvision.metrics.features import to_uint8
 from arvision.modeling import read_model_config, record_metrics
 from arvision.stream import check_in_memory, generate_to_dir, iter_shards
 from arvision.train.common import CHECKPOINT_NAME, card_description, start_or_resume
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out = capsys.readouterr()
-    return code, out.out, out.err
+from test_cli import run  # (exit code, stdout, stderr) of one in-process CLI call
 
 
 @pytest.fixture(scope="module")

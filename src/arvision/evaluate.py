@@ -9,7 +9,6 @@ chunks r, r+W, ...; rank 0 then reads every chunk exactly once and computes the 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import time
@@ -27,8 +26,10 @@ from arvision.metrics import CodebookStats, ReconstructionMeter
 from arvision.metrics.features import FeatureExtractor, Reference, save_samples_npz, to_uint8
 from arvision.metrics.generative import FeatureStats, frechet_distance, inception_score, kernel_inception_distance, precision_recall
 from arvision.outputs import write_json
+from arvision.pipeline import pop_call_options
 from arvision.runtime import check_precision
 from arvision.samplers.rng import image_seeds
+from arvision.samplers.search import search_record
 from arvision.tokenizers import Tokenizer
 
 if TYPE_CHECKING:
@@ -165,7 +166,7 @@ def evaluate_generator(
     out = Path(out_dir)
     chunks_dir = out / "chunks"
     requested, n = n, balanced_count(n, pipe.num_classes)
-    models = {k: sampling.pop(k) for k in ("draft", "refiner", "search", "reward", "budget", "precision") if k in sampling}  # not settings
+    models = pop_call_options(sampling)  # models, search, precision: not settings
     s = pipe.sampling_config(**sampling)  # checked: bad settings fail before any file is written
     precision = check_precision(models.get("precision") or "fp32", pipe.device)
     run = {"model": model or pipe.info.get("preset", "?"), "n": n, "batch_size": batch_size, "seed": seed, "seeding": "per-image",
@@ -175,10 +176,7 @@ def evaluate_generator(
     if models.get("search") is not None:  # a test-time search: recorded, and its reward loaded once
         from arvision.rewards import get_reward
 
-        search = models["search"]
-        settings = {} if isinstance(search, str) else dataclasses.asdict(search)
-        run["search"] = json.loads(json.dumps({"method": search if isinstance(search, str) else type(search).__name__, **settings,
-                                               "budget": models.get("budget"), "reward": models.get("reward")}, default=repr))  # fmt: skip
+        run["search"] = search_record(models["search"], budget=models.get("budget"), reward=models.get("reward"))
         if models.get("reward") is not None:
             models["reward"] = get_reward(models["reward"], device=pipe.device)
     manifest = out / "run.json"

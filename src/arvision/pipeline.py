@@ -19,7 +19,7 @@ import numbers
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -59,6 +59,16 @@ def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     """Whether two models hold the same tensors (same names, shapes and values)."""
     sa, sb = a.state_dict(), b.state_dict()
     return sa.keys() == sb.keys() and all(sa[k].shape == sb[k].shape and torch.equal(sa[k], sb[k].to(sa[k].device)) for k in sa)
+
+
+# keywords of Pipeline.sample that are not sampling settings (models, a search, the compute precision)
+CALL_OPTIONS = ("draft", "refiner", "search", "reward", "budget", "precision")
+
+
+def pop_call_options(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Remove :data:`CALL_OPTIONS` from ``kwargs`` (sample's keywords) and return them; what is left
+    are sampling settings (``pipe.sampling_config(**kwargs)``)."""
+    return {k: kwargs.pop(k) for k in CALL_OPTIONS if k in kwargs}
 
 
 def check_batch_size(batch_size: int) -> None:

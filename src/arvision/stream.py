@@ -17,7 +17,6 @@ run. ``DIR/run.json`` records the settings; a rerun with other settings is refus
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import time
@@ -31,7 +30,9 @@ from tqdm.auto import tqdm
 from arvision.errors import OutputError
 from arvision.metrics.features import save_samples_npz, to_uint8
 from arvision.outputs import check_run_dir, write_json
+from arvision.pipeline import pop_call_options
 from arvision.samplers import image_seeds
+from arvision.samplers.search import search_record
 
 if TYPE_CHECKING:
     from arvision.pipeline import Pipeline
@@ -68,16 +69,13 @@ def generate_to_dir(
     out = Path(out_dir)
     check_run_dir(out, "--out-dir", overwrite=overwrite, marker=RUN_FILE, what="generation run")
     labels = pipe.labels_for(classes, n_per_class).cpu()
-    models = {k: kwargs.pop(k) for k in ("draft", "refiner", "search", "reward", "budget", "precision") if k in kwargs}
+    models = pop_call_options(kwargs)
     s = pipe.sampling_config(**kwargs)  # bad settings fail before any file is written
     search = models.get("search")
     run = {"model": model or pipe.info.get("preset", "?"), "classes": sorted(set(labels.tolist()), key=labels.tolist().index),
            "n_per_class": n_per_class, "images": len(labels), "seed": seed, "chunk_size": chunk_size,
            "seeding": "per-image", "sampling": s.to_dict(),
-           "search": None if search is None else json.loads(json.dumps(
-               {"method": search if isinstance(search, str) else type(search).__name__,
-                **({} if isinstance(search, str) else dataclasses.asdict(search)),
-                "budget": models.get("budget"), "reward": str(models.get("reward"))}, default=repr)),
+           "search": None if search is None else search_record(search, budget=models.get("budget"), reward=models.get("reward")),
            "precision": models.get("precision") or "fp32",
            "extra": {k: str(v) for k, v in models.items() if k in ("draft", "refiner") and v is not None}}  # fmt: skip
     _start(out, run, overwrite)

@@ -29,6 +29,8 @@ Legend: B rows of the batch (requests x candidates), Q requests, K candidates pe
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -151,6 +153,15 @@ def check_budget(budget) -> int:
         raise ValueError(f"budget={budget} is smaller than the request: every image needs at least one plain decoding, so "
                          "use budget >= 1 (budget N = the compute of N candidates per image)")  # fmt: skip
     return budget
+
+
+def search_record(search: "str | BestOfN | TTSVAR", *, budget: int | None, reward) -> dict:
+    """What a run records of a test-time search (``run.json`` of ``eval generator`` and of
+    ``generate --out-dir``): the method, its settings, the budget and the reward, JSON-safe (a
+    callable reward by its repr)."""
+    method = search if isinstance(search, str) else type(search).__name__
+    settings = {} if isinstance(search, str) else dataclasses.asdict(search)
+    return json.loads(json.dumps({"method": method, **settings, "budget": budget, "reward": reward}, default=repr))
 
 
 def make_search(search: "str | BestOfN | TTSVAR") -> "BestOfN | TTSVAR":
