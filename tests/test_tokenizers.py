@@ -10,7 +10,7 @@ from arvision.errors import ModelFileError
 from arvision.presets import TOKENIZER_PRESETS
 from arvision.tokenizers import MultiScaleVQTokenizer, Tokenizer, VQTokenizer
 
-TINY = ["tiny-vq", "tiny-msvq"]
+TINY = ["tiny-vq", "tiny-msvq", "tiny-fsq", "tiny-lfq", "tiny-bsq", "tiny-fq"]
 
 
 def make(name: str) -> Tokenizer:

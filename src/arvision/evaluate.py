@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 @torch.no_grad()
 def evaluate_tokenizer(
     tokenizer: Tokenizer, dataset: Dataset, *, batch_size: int = 256, limit: int | None = None, progress: bool = True,
-    features: FeatureExtractor | None = None,
+    features: FeatureExtractor | None = None, timing: bool = False,
 ) -> dict[str, float]:  # fmt: skip
     """Encode + decode ``dataset`` in order and return reconstruction and codebook metrics.
 
@@ -50,7 +50,8 @@ def evaluate_tokenizer(
     instead ``token_std`` is the standard deviation of all token values and ``token_std_min`` /
     ``token_std_max`` the smallest and largest per-channel one (a generator wants them near 1).
     With ``features``, ``rfid`` is the FID between the reconstructions and the originals under
-    that network.
+    that network. With ``timing``, ``encode_ms`` and ``decode_ms`` are the wall time per image of
+    encode and decode at ``batch_size`` (the first batch, a warm-up, not counted when there are more).
     """
     if limit is not None:
         dataset = Subset(dataset, range(min(limit, len(dataset))))
@@ -64,11 +65,17 @@ def evaluate_tokenizer(
     was_training = tokenizer.training
     tokenizer.eval()
     n_batches = -(-len(dataset) // batch_size)
-    for x in tqdm(ordered_batches(dataset, batch_size), total=n_batches, desc="evaluate", disable=not progress, leave=False):
+    seconds, timed = [0.0, 0.0], 0
+    for i, x in enumerate(tqdm(ordered_batches(dataset, batch_size), total=n_batches, desc="evaluate", disable=not progress, leave=False)):
         x = x.to(device)
+        t0 = time.perf_counter()
         tokens = tokenizer.encode(x)
-        codes.update(tokens)
+        t1 = time.perf_counter()
         y = tokenizer.decode(tokens)
+        t2 = time.perf_counter()
+        if timing and (i > 0 or n_batches == 1):
+            seconds[0], seconds[1], timed = seconds[0] + t1 - t0, seconds[1] + t2 - t1, timed + x.shape[0]
+        codes.update(tokens)
         recon.update(y, x)
         if features is not None:
             real_stats.update(features(to_uint8((x + 1) / 2))[0])
@@ -77,6 +84,8 @@ def evaluate_tokenizer(
     out = {**recon.compute(), **codes.as_dict()}
     if features is not None:
         out[f"rfid_{features.name}"] = frechet_distance(fake_stats, real_stats)
+    if timing:
+        out["encode_ms"], out["decode_ms"] = 1000 * seconds[0] / timed, 1000 * seconds[1] / timed
     return out
 
 

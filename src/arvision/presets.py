@@ -80,6 +80,11 @@ TOKENIZER_PRESETS: dict[str, TokenizerPreset] = {
         MultiScaleVQConfig(**_TINY_ARCH, patch_nums=(1, 2, 4, 8), quant_conv_kernel=3),
         _TINY_TRAIN,
     ),
+    **{f"tiny-{q}": TokenizerPreset(f"tiny {q.upper()} grid tokenizer for tests (16x16, 8x8 tokens, 32 ids)", VQTokenizer,
+                                    VQConfig(**{**_TINY_ARCH, **kw}), _TINY_TRAIN)
+       for q, kw in {"fsq": dict(quantizer="fsq", levels=(4, 4, 2), codebook_dim=3), "lfq": dict(quantizer="lfq", codebook_dim=5),
+                     "bsq": dict(quantizer="bsq", codebook_dim=5),
+                     "fq": dict(quantizer="fq", num_codebooks=2, codebook_size=36)}.items()},  # fmt: skip
     "tiny-kl": TokenizerPreset(
         "tiny KL tokenizer for tests (16x16, 8x8 continuous 4-d tokens)", KLTokenizer,
         KLConfig(**_TINY_KL_ARCH, embed_dim=4, kl_weight=1e-6), _TINY_TRAIN.replace(restart_every=0),
@@ -95,6 +100,29 @@ TOKENIZER_PRESETS: dict[str, TokenizerPreset] = {
         MultiScaleVQTokenizer,
         MultiScaleVQConfig(**_MNIST_ARCH, codebook_size=256, codebook_dim=16, patch_nums=(1, 2, 3, 4, 5, 7),
                            quant_conv_kernel=3),  # fmt: skip
+        TokenizerTrainConfig(steps=2000, batch_size=64, lr=2e-3),
+    ),
+    # The same conv stack, 7x7 grid and bit budget (8 bits per token) as mnist-vq with other quantizers
+    # (arvision.tokenizers.implicit); no learned codebook to restart except fq's sub-codebooks.
+    "mnist-fsq": TokenizerPreset(
+        "MNIST FSQ grid tokenizer: 28x28 grayscale -> 7x7 ids, 4 channels x 4 levels (256 codes, no codebook)",
+        VQTokenizer, VQConfig(**_MNIST_ARCH, quantizer="fsq", levels=(4, 4, 4, 4), codebook_size=256, codebook_dim=4),
+        TokenizerTrainConfig(steps=2000, batch_size=64, lr=2e-3, restart_every=0),
+    ),
+    "mnist-lfq": TokenizerPreset(
+        "MNIST LFQ grid tokenizer: 28x28 grayscale -> 7x7 ids, 8 sign bits per token (256 codes, entropy penalty)",
+        VQTokenizer, VQConfig(**_MNIST_ARCH, quantizer="lfq", codebook_size=256, codebook_dim=8),
+        TokenizerTrainConfig(steps=2000, batch_size=64, lr=2e-3, restart_every=0),
+    ),
+    "mnist-bsq": TokenizerPreset(
+        "MNIST BSQ grid tokenizer: 28x28 grayscale -> 7x7 ids, 8 bits on the unit sphere per token (256 codes)",
+        VQTokenizer, VQConfig(**_MNIST_ARCH, quantizer="bsq", codebook_size=256, codebook_dim=8),
+        TokenizerTrainConfig(steps=2000, batch_size=64, lr=2e-3, restart_every=0),
+    ),
+    "mnist-fq": TokenizerPreset(
+        "MNIST factorized-codebook tokenizer (FQGAN): 28x28 grayscale -> 7x7 ids, 2 sub-codebooks of 16 codes "
+        "(4-d each, id = i0 + 16 i1, 256 ids), disentanglement loss",
+        VQTokenizer, VQConfig(**_MNIST_ARCH, quantizer="fq", num_codebooks=2, codebook_size=256, codebook_dim=8),
         TokenizerTrainConfig(steps=2000, batch_size=64, lr=2e-3),
     ),
     # The same conv stack and latent (7x7x8) as mnist-vq, with a Gaussian bottleneck instead of a codebook.

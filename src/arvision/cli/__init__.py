@@ -11,7 +11,7 @@ from arvision.errors import ArvisionError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from arvision.cli import convert, demo, edit, eval, generate, models, reconstruct, serve, train, tune
+    from arvision.cli import bench, convert, demo, edit, eval, generate, models, reconstruct, serve, train, tune
 
     parser = argparse.ArgumentParser(
         prog="arvision",
@@ -20,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"arvision {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    bench.register(sub)
     convert.register(sub)
     demo.register(sub)
     edit.register(sub)

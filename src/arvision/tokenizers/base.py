@@ -10,8 +10,9 @@ Legend: B batch, C channels, H/W image side, h/w latent side, D code dimension, 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from PIL import Image
@@ -96,10 +97,20 @@ class TokenizerOutput:
     candidates: Tensor
 
 
+AlignmentHook = Callable[[list[Tensor], Tensor], Tensor]
+
+
 class Tokenizer(PretrainedModel):
-    """Conv encoder -> quant_conv -> quantizer -> post_quant_conv -> conv decoder."""
+    """Conv encoder -> quant_conv -> quantizer -> post_quant_conv -> conv decoder.
+
+    ``alignment_hook``: an optional ``hook(code_maps, images) -> loss`` added to the quantizer
+    loss in training, e.g. FQGAN's alignment of one sub-codebook with a frozen semantic encoder's
+    features. ``code_maps`` are the quantized maps (B, D_k, h, w): one per sub-codebook of a
+    factorized quantizer, else the whole latent. Not saved with the model.
+    """
 
     config: AutoencoderConfig
+    alignment_hook: AlignmentHook | None = None
 
     def __init__(self, config: AutoencoderConfig) -> None:
         super().__init__(config)
@@ -140,6 +151,14 @@ class Tokenizer(PretrainedModel):
     def codebook_size(self) -> int:
         return self.config.codebook_size
 
+    def bits_per_image(self) -> float | None:
+        """Bits of one image's tokens as fixed-length codes: L * log2(V) ids (L * D * log2(levels)
+        for per-channel ids); None for continuous tokens."""
+        lay = self.layout
+        if lay.continuous:
+            return None
+        return lay.num_tokens * math.log2(lay.vocab_size) * (lay.code_dim if lay.channel_bins else 1)
+
     def encode_latent(self, images_BCHW: Tensor) -> Tensor:
         """Pre-quantization latent (B, D, h, w)."""
         self.check_images(images_BCHW)
@@ -158,7 +177,10 @@ class Tokenizer(PretrainedModel):
         """Training pass: reconstruction (not clamped, so gradients flow) and quantizer loss."""
         out = self.quantize(self.encode_latent(images_BCHW))
         recon = self.decoder(self.post_quant_conv(out.z_q))
-        return TokenizerOutput(recon=recon, quant_loss=out.loss, indices=out.indices, candidates=out.candidates)
+        loss = out.loss
+        if self.alignment_hook is not None:
+            loss = loss + self.alignment_hook(out.parts if out.parts is not None else [out.z_q], images_BCHW)
+        return TokenizerOutput(recon=recon, quant_loss=loss, indices=out.indices, candidates=out.candidates)
 
     @torch.no_grad()
     def reconstruct(self, images_BCHW: Tensor) -> Tensor:

@@ -27,12 +27,14 @@ class QuantizerOutput:
         indices: token ids (B, L), in the tokenizer's token layout.
         loss: codebook + beta * commitment loss (scalar).
         candidates: detached encoder vectors (N, D) that dead codes may be restarted from.
+        parts: the sub-code maps of a factorized quantizer [(B, D/K, h, w)] (for alignment hooks).
     """
 
     z_q: Tensor
     indices: Tensor
     loss: Tensor
     candidates: Tensor
+    parts: list[Tensor] | None = None
 
 
 class _Codebook(nn.Module):

@@ -1,26 +1,87 @@
 """VQ grid tokenizer (LlamaGen's VQ-16/VQ-8 design; Sun et al. 2024, arXiv:2406.06525, §2.1).
 
-An image becomes an h x w grid of codebook ids, flattened in raster order to (B, h*w).
+An image becomes an h x w grid of codebook ids, flattened in raster order to (B, h*w). The
+quantizer is a part: a learned codebook (``vq``, LlamaGen), finite scalar levels (``fsq``),
+lookup-free bits (``lfq``) or binary spherical bits (``bsq``), or K factorized sub-codebooks
+(``fq``, FQGAN); see :mod:`arvision.tokenizers.implicit`.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from arvision.modeling import register_model
 from arvision.tokenizers.base import AutoencoderConfig, Tokenizer
 from arvision.tokenizers.layout import TokenLayout
+from arvision.tokenizers.implicit import MAX_BITS, FactorizedQuantizer, FSQuantizer, LookupFreeQuantizer
 from arvision.tokenizers.quantizers import VectorQuantizer
+
+QUANTIZERS = ("vq", "fsq", "lfq", "bsq", "fq")
 
 
 @dataclass(frozen=True, kw_only=True)
 class VQConfig(AutoencoderConfig):
-    """:class:`AutoencoderConfig` plus ``l2_norm``: cosine nearest-neighbour codes (LlamaGen default)."""
+    """:class:`AutoencoderConfig` plus the quantizer.
 
+    Args:
+        quantizer: "vq" (learned codebook), "fsq", "lfq", "bsq" or "fq" (factorized codebooks).
+        l2_norm: vq: cosine nearest-neighbour codes (LlamaGen default).
+        levels: fsq: levels per channel; needs codebook_dim = len(levels), codebook_size = prod(levels).
+        entropy_weight: lfq/bsq: weight of the entropy penalty; needs codebook_size = 2^codebook_dim.
+        num_codebooks: fq: K sub-codebooks of codebook_size^(1/K) codes, each on codebook_dim/K channels.
+        disentangle_weight: fq: weight of FQGAN's disentanglement loss.
+    """
+
+    quantizer: str = "vq"
     l2_norm: bool = True
+    levels: tuple[int, ...] = ()
+    entropy_weight: float = 0.1
+    num_codebooks: int = 1
+    disentangle_weight: float = 0.1
+
+    def check_bottleneck(self) -> None:
+        super().check_bottleneck()
+        q, D, V = self.quantizer, self.codebook_dim, self.codebook_size
+        if q not in QUANTIZERS:
+            raise ValueError(f"quantizer must be one of {QUANTIZERS}, got {q!r}")
+        if q != "fsq" and self.levels:
+            raise ValueError(f"levels are the settings of the fsq quantizer, not of {q!r}; drop them or set quantizer='fsq'")
+        if q != "fq" and self.num_codebooks != 1:
+            raise ValueError(f"num_codebooks is a setting of the fq quantizer, not of {q!r}; drop it or set quantizer='fq'")
+        if q == "fsq":
+            if not self.levels or any(not isinstance(v, int) or v < 2 for v in self.levels):
+                raise ValueError(f"fsq needs levels: a tuple of ints >= 2, one per latent channel, e.g. (8, 6, 5); got {self.levels}")
+            if len(self.levels) != D:
+                raise ValueError(f"fsq levels {self.levels} quantize {len(self.levels)} channels but codebook_dim is {D}: "
+                                 f"set codebook_dim={len(self.levels)} (one channel per level)")  # fmt: skip
+            if math.prod(self.levels) != V:
+                raise ValueError(f"fsq levels {self.levels} give {math.prod(self.levels)} codes but codebook_size is {V}: "
+                                 f"set codebook_size={math.prod(self.levels)}")  # fmt: skip
+        if q in ("lfq", "bsq"):
+            if D > MAX_BITS:
+                raise ValueError(f"{q} with codebook_dim={D} would have 2^{D} codes; at most {MAX_BITS} bits are supported "
+                                 "(a generator's softmax over more ids is impractical): lower codebook_dim")  # fmt: skip
+            if V != 2**D:
+                raise ValueError(f"{q} has one bit per channel: codebook_dim={D} gives 2^{D} = {2**D} codes, "
+                                 f"but codebook_size is {V}; set codebook_size={2**D}")  # fmt: skip
+        if q == "fq":
+            K = self.num_codebooks
+            if K < 2:
+                raise ValueError(f"fq needs num_codebooks >= 2 (K sub-codebooks), got {K}; use quantizer='vq' for one codebook")
+            if D % K:
+                raise ValueError(f"fq: num_codebooks={K} must divide codebook_dim={D} (each sub-codebook takes D/K channels)")
+            if self.sub_codebook_size**K != V:
+                raise ValueError(f"fq: codebook_size={V} must be the K-th power of the sub-codebook size "
+                                 f"(e.g. {self.sub_codebook_size}^{K} = {self.sub_codebook_size**K}) for num_codebooks={K}")  # fmt: skip
+
+    @property
+    def sub_codebook_size(self) -> int:
+        """fq: codes per sub-codebook."""
+        return round(self.codebook_size ** (1 / self.num_codebooks))
 
 
 @register_model
@@ -31,8 +92,15 @@ class VQTokenizer(Tokenizer):
     config_class = VQConfig
     config: VQConfig
 
-    def build_quantizer(self) -> VectorQuantizer:
+    def build_quantizer(self) -> nn.Module:
         c = self.config
+        if c.quantizer == "fsq":
+            return FSQuantizer(c.levels)
+        if c.quantizer in ("lfq", "bsq"):
+            return LookupFreeQuantizer(c.codebook_dim, spherical=c.quantizer == "bsq", beta=c.beta, entropy_weight=c.entropy_weight)
+        if c.quantizer == "fq":
+            return FactorizedQuantizer(c.sub_codebook_size, c.codebook_dim, c.num_codebooks, beta=c.beta,
+                                       disentangle_weight=c.disentangle_weight)  # fmt: skip
         return VectorQuantizer(c.codebook_size, c.codebook_dim, beta=c.beta, l2_norm=c.l2_norm)
 
     @property
