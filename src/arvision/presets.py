@@ -54,6 +54,28 @@ class TokenizerTrainConfig(TrainConfig):
     holdout: float = 0.05
     num_workers: int = 0
     base: str | None = None  # post-training tokenizers (TokenBridge): the trained tokenizer to fit on; None = built in place
+    # real images (arvision.train.adversarial): LPIPS from local files, PatchGAN after a warm-up, EMA, bf16 autocast
+    perceptual_weight: float = 0.0
+    perceptual_net: tuple[str, ...] = ()
+    disc_weight: float = 0.0
+    disc_start: int = 0
+    disc_layers: int = 3
+    ema: float = 0.0
+    mixed_precision: str = "none"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.perceptual_weight < 0 or self.disc_weight < 0 or self.disc_start < 0:
+            raise ValueError("perceptual_weight, disc_weight and disc_start must be >= 0")
+        if self.perceptual_weight > 0 and not self.perceptual_net:
+            raise ValueError("a perceptual loss needs the LPIPS weights: --perceptual-net VGG16_FILE LPIPS_LIN_FILE "
+                             "(or one file holding both); nothing is downloaded")  # fmt: skip
+        if not 0 <= self.ema < 1:
+            raise ValueError(f"ema must be in [0, 1), got {self.ema}")
+        if self.mixed_precision not in ("none", "bf16"):
+            raise ValueError(f"mixed_precision must be 'none' or 'bf16', got {self.mixed_precision!r}")
+        if self.disc_layers < 1:
+            raise ValueError(f"disc_layers must be >= 1, got {self.disc_layers}")
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     t.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
     t.add_argument("--eval-limit", type=int, help="evaluate on at most this many held-out images")
+    r = t.add_argument_group("losses for real images (see docs/tokenizers.md)")
+    r.add_argument("--perceptual-weight", type=float, help="weight of the LPIPS perceptual loss (default: the preset's, 0)")
+    r.add_argument("--perceptual-net", nargs="+", metavar="FILE",
+                   help="LPIPS weights, local files: torchvision's vgg16 weights and LPIPS's vgg.pth lin layers, or one "
+                        "file holding both (.pth read safely, or .safetensors); nothing is downloaded")
+    r.add_argument("--disc-weight", type=float, help="weight of the PatchGAN adversarial loss, scaled by VQGAN's adaptive weight (default: 0)")
+    r.add_argument("--disc-start", type=int, help="steps on the reconstruction loss alone before the adversarial loss starts")
+    r.add_argument("--ema", type=float, help="EMA decay of the saved weights, e.g. 0.999 (default: the preset's, off)")
+    r.add_argument("--mixed-precision", choices=["none", "bf16"],
+                   help="bf16 autocast for the forward pass (CPUs with AVX512-BF16/AMX, GPUs; default: none)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.set_defaults(func=run_tokenizer)
 
@@ -73,7 +83,9 @@ def run_tokenizer(args: argparse.Namespace) -> int:
     metrics = train_tokenizer(
         args.out, preset=args.preset, data=args.data, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
         resume=args.resume, overwrite=args.overwrite, device=args.device, progress=not args.no_progress, eval_limit=args.eval_limit,
-        command=_command(),
+        command=_command(), perceptual_weight=args.perceptual_weight,
+        perceptual_net=tuple(args.perceptual_net) if args.perceptual_net else None, disc_weight=args.disc_weight,
+        disc_start=args.disc_start, ema=args.ema, mixed_precision=args.mixed_precision,
     )  # fmt: skip
     print(json.dumps(metrics, indent=2))
     print(f"saved to {args.out} (inspect with: arvision info {args.out})")

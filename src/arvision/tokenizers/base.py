@@ -175,7 +175,9 @@ class Tokenizer(PretrainedModel):
 
     def forward(self, images_BCHW: Tensor) -> TokenizerOutput:
         """Training pass: reconstruction (not clamped, so gradients flow) and quantizer loss."""
-        out = self.quantize(self.encode_latent(images_BCHW))
+        z = self.encode_latent(images_BCHW)
+        with torch.autocast(z.device.type, enabled=False):  # nearest codes and rounding in fp32 under bf16 autocast
+            out = self.quantize(z.float())
         recon = self.decoder(self.post_quant_conv(out.z_q))
         loss = out.loss
         if self.alignment_hook is not None:
