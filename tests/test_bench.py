@@ -109,3 +109,12 @@ def test_bad_input_is_one_clear_line(args: list[str], match: str, tmp_path, caps
 def test_table_formats_missing_values() -> None:
     md = table([{"tokenizer": "x", "tokens": 4, "bits_per_image": None, "psnr": 30.0, "ssim": 0.9}])
     assert "| x | 4 | continuous | 30.00 | 0.900 | - |" in md
+
+
+def test_eval_tokenizer_reports_per_code_usage(tmp_path, capsys) -> None:
+    code, out, err = run(capsys, "eval", "tokenizer", "mnist-vq", "--limit", "50", "--out", str(tmp_path / "r.json"), "--no-progress")
+    assert code == 0, err
+    report = json.loads((tmp_path / "r.json").read_text())
+    counts = report["code_counts"]
+    assert len(counts) == 256 and sum(counts) == 50 * 49
+    assert report["dead_codes"] == counts.count(0) and "code_counts" not in out  # the list goes to the file only

@@ -153,3 +153,17 @@ def test_shipped_tokenizers_reach_the_figures(name: str) -> None:
     assert m["psnr"] >= 24.0 and m["codebook_usage"] >= 90.0, m
     card = tok.info["metrics"]  # the full test set, measured when it was trained
     assert card["num_images"] == 10000 and card["psnr"] >= 24.0 and card["codebook_usage"] >= 90.0
+
+
+@pytest.mark.parametrize("quantizer", ["tiny-fsq", "tiny-lfq", "tiny-bsq", "tiny-fq"])
+@pytest.mark.parametrize("order", ["tiny-raster", "tiny-masked"])
+def test_every_quantizer_feeds_the_generators_unchanged(quantizer: str, order: str) -> None:
+    from arvision.pipeline import Pipeline
+    from arvision.presets import GENERATOR_PRESETS, TOKENIZER_PRESETS
+
+    tp, gp = TOKENIZER_PRESETS[quantizer], GENERATOR_PRESETS[order]
+    tok = tp.model_class(tp.config).eval()
+    gen = gp.model_class(gp.build_config(tok, 10)).eval()
+    assert gen.config.vocab_size == tok.codebook_size
+    out = Pipeline(tok, gen).sample([1, 2], 2, seed=0)
+    assert out.images.shape == (4, 1, 16, 16) and out.tokens.max() < tok.codebook_size

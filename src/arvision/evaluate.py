@@ -14,7 +14,7 @@ import os
 import time
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 import torch
@@ -40,8 +40,8 @@ if TYPE_CHECKING:
 @torch.no_grad()
 def evaluate_tokenizer(
     tokenizer: Tokenizer, dataset: Dataset, *, batch_size: int = 256, limit: int | None = None, progress: bool = True,
-    features: FeatureExtractor | None = None, timing: bool = False,
-) -> dict[str, float]:  # fmt: skip
+    features: FeatureExtractor | None = None, timing: bool = False, code_counts: bool = False,
+) -> dict[str, Any]:  # fmt: skip
     """Encode + decode ``dataset`` in order and return reconstruction and codebook metrics.
 
     PSNR and SSIM are means of per-image values on images mapped to [0, 1]; ``codebook_usage`` is
@@ -52,6 +52,8 @@ def evaluate_tokenizer(
     With ``features``, ``rfid`` is the FID between the reconstructions and the originals under
     that network. With ``timing``, ``encode_ms`` and ``decode_ms`` are the wall time per image of
     encode and decode at ``batch_size`` (the first batch, a warm-up, not counted when there are more).
+    ``dead_codes`` is the number of codes never used; with ``code_counts`` the per-code counts are
+    returned too (a list of V ints, ``code_counts``).
     """
     if limit is not None:
         dataset = Subset(dataset, range(min(limit, len(dataset))))
@@ -81,7 +83,11 @@ def evaluate_tokenizer(
             real_stats.update(features(to_uint8((x + 1) / 2))[0])
             fake_stats.update(features(to_uint8((y + 1) / 2))[0])
     tokenizer.train(was_training)
-    out = {**recon.compute(), **codes.as_dict()}
+    out: dict[str, Any] = {**recon.compute(), **codes.as_dict()}
+    if not continuous:
+        out["dead_codes"] = int((codes.counts == 0).sum())
+        if code_counts:
+            out["code_counts"] = codes.counts.tolist()
     if features is not None:
         out[f"rfid_{features.name}"] = frechet_distance(fake_stats, real_stats)
     if timing:

@@ -50,14 +50,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--features", choices=["none", "mnist", "inception"], default="none", help="also compute rFID with this network")
     t.add_argument("--inception-weights", metavar="FILE", help="the FID Inception-v3 weights file (for --features inception)")
     t.add_argument("--batch-size", type=int, default=200, help="images per batch (default: %(default)s)")
-    t.add_argument("--out", help="write the report as JSON to this file")
+    t.add_argument("--out", help="write the report as JSON to this file (with the per-code usage counts)")
     t.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda (default: %(default)s)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.set_defaults(func=run_tokenizer)
 
 
 def print_report(title: str, report: dict) -> None:
-    rows = [(k, f"{v:.4f}" if isinstance(v, float) else str(v)) for k, v in report.items() if not isinstance(v, dict)]
+    rows = [(k, f"{v:.4f}" if isinstance(v, float) else str(v)) for k, v in report.items() if not isinstance(v, (dict, list))]
     width = max(len(k) for k, _ in rows)
     print(title)
     for k, v in rows:
@@ -118,7 +118,8 @@ def run_tokenizer(args: argparse.Namespace) -> int:
     ds = get_dataset(args.data, split=args.split, image_size=c.image_size, channels=c.in_channels)
     features = None if args.features == "none" else get_feature_extractor(args.features, inception_weights=args.inception_weights,
                                                                            device=args.device)  # fmt: skip
-    report = evaluate_tokenizer(tok, ds, batch_size=args.batch_size, limit=args.limit, progress=not args.no_progress, features=features)
+    report = evaluate_tokenizer(tok, ds, batch_size=args.batch_size, limit=args.limit, progress=not args.no_progress, features=features,
+                                code_counts=args.out is not None)  # per-code usage in the JSON report
     report = {"model": str(args.model), "data": args.data, **report}
     print_report(f"{args.model} on {args.data}", report)
     if args.out:
