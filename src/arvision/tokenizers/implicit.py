@@ -10,8 +10,10 @@
   projected onto the unit sphere and the codes are the sign vectors scaled by 1/sqrt(D). Both add
   an entropy penalty that makes every code confident (low per-sample entropy) and the codes used
   evenly (high entropy of the batch's average). Because p(code | z) factorizes over the bits,
-  the per-sample entropy is exactly the sum of the per-bit entropies; the batch entropy uses the
-  per-bit marginals, an upper bound that is cheap for any D (BSQ's factorized estimate).
+  the per-sample entropy is exactly the sum of the per-bit entropies. The batch entropy is exact
+  (over all 2^D codes) up to ``EXACT_BITS`` bits; beyond, it uses the per-bit marginals (BSQ's
+  factorized estimate), an upper bound that is cheap for any D but blind to correlated bits (on
+  MNIST with 8 bits it let two bits copy each other: 25 % of the codes used, against 100 % exact).
 * :class:`FactorizedQuantizer`: K sub-codebooks, each quantizing its own D/K channels (FQGAN,
   Bai et al. 2024, arXiv:2411.16681); the code of a position is the concatenation of the K
   sub-codes and its token id is the mixed-radix number i_0 + V*i_1 + ... . FQGAN's
@@ -38,6 +40,7 @@ from torch import Tensor, nn
 from arvision.tokenizers.quantizers import QuantizerOutput, VectorQuantizer
 
 MAX_BITS = 20  # 2^20 codes: beyond that a generator's softmax over the ids is impractical
+EXACT_BITS = 12  # LFQ/BSQ: the batch entropy over all 2^D codes up to this many bits, per-bit marginals beyond
 
 
 def _to_rows(z_BDhw: Tensor) -> Tensor:
@@ -158,7 +161,7 @@ class LookupFreeQuantizer(_NoCodebook):
         commitment = F.mse_loss(u_ND, q_ND)
         p_ND = torch.sigmoid(4 * (u_ND / self._scale) / self.temperature)
         per_sample = _bit_entropy(p_ND).mean()
-        of_mean = _bit_entropy(p_ND.mean(0)).mean()
+        of_mean = _code_entropy(p_ND) / D if D <= EXACT_BITS else _bit_entropy(p_ND.mean(0)).mean()
         loss = self.beta * commitment + self.entropy_weight * (per_sample - of_mean)
         zq_ND = u_ND + (q_ND - u_ND).detach()  # straight-through estimator
         ids = self.ids_from_signs(q_ND)
@@ -173,6 +176,17 @@ class LookupFreeQuantizer(_NoCodebook):
 
     def code_vectors(self, ids_N: Tensor) -> Tensor:
         return (_digits(ids_N, (2,) * self.dim).float() * 2 - 1) * self._scale
+
+
+def _code_entropy(p_ND: Tensor) -> Tensor:
+    """Entropy in bits of the batch-average code distribution, over all 2^D codes: each row's
+    p(code) is the product of its bits' Bernoulli probabilities."""
+    D = p_ND.shape[1]
+    bits_VD = _digits(torch.arange(2**D, device=p_ND.device), (2,) * D).to(p_ND.dtype)
+    p = p_ND.clamp(1e-6, 1 - 1e-6)
+    log_p_NV = p.log() @ bits_VD.t() + (1 - p).log() @ (1 - bits_VD).t()
+    mean_V = log_p_NV.exp().mean(0)
+    return -(mean_V * mean_V.clamp_min(1e-12).log2()).sum()
 
 
 def _bit_entropy(p: Tensor) -> Tensor:
