@@ -182,3 +182,17 @@ def test_lfq_batch_entropy_sees_correlated_bits() -> None:
     q = LookupFreeQuantizer(2, beta=0.0, entropy_weight=1.0)
     z = torch.tensor([[5.0, 5.0], [-5.0, -5.0]]).repeat(4, 1).view(8, 2, 1, 1)
     assert math.isclose(q(z).loss.item(), -0.5, abs_tol=0.02)  # 0 per-sample - 1 bit of 2
+
+
+@pytest.mark.parametrize("spherical", [False, True])
+def test_lfq_restart_revives_a_bit_that_never_changes_sign(spherical: bool) -> None:
+    q = LookupFreeQuantizer(3, spherical=spherical)
+    z = torch.randn(200, 3)
+    z[:, 1] = 1.0 + 0.1 * torch.rand(200)  # bit 1 is always on: half the codes are never used
+    assert (q.ids(z) & 2).all()
+    assert q.restart_codes(torch.zeros(8, dtype=torch.bool), z, torch.Generator()) == 1
+    assert q.center[0] == 0 and q.center[2] == 0 and q.center[1] > 1
+    on = ((q.ids(z) & 2) > 0).float().mean().item()
+    assert 0.4 < on < 0.6  # the median: half the vectors have the bit on now
+    assert q.restart_codes(torch.zeros(8, dtype=torch.bool), z, torch.Generator()) == 0
+    assert "center" in q.state_dict()  # saved with the model: encoding after loading is the same

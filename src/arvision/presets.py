@@ -125,7 +125,7 @@ TOKENIZER_PRESETS: dict[str, TokenizerPreset] = {
         TokenizerTrainConfig(steps=2000, batch_size=64, lr=2e-3),
     ),
     # The same conv stack, 7x7 grid and bit budget (8 bits per token) as mnist-vq with other quantizers
-    # (arvision.tokenizers.implicit); no learned codebook to restart except fq's sub-codebooks.
+    # (arvision.tokenizers.implicit); FSQ has nothing to restart, LFQ/BSQ restart dead bits, FQ its sub-codebooks.
     "mnist-fsq": TokenizerPreset(
         "MNIST FSQ grid tokenizer: 28x28 grayscale -> 7x7 ids, 4 channels x 4 levels (256 codes, no codebook)",
         VQTokenizer, VQConfig(**_MNIST_ARCH, quantizer="fsq", levels=(4, 4, 4, 4), codebook_size=256, codebook_dim=4),
@@ -134,12 +134,12 @@ TOKENIZER_PRESETS: dict[str, TokenizerPreset] = {
     "mnist-lfq": TokenizerPreset(
         "MNIST LFQ grid tokenizer: 28x28 grayscale -> 7x7 ids, 8 sign bits per token (256 codes, entropy penalty)",
         VQTokenizer, VQConfig(**_MNIST_ARCH, quantizer="lfq", codebook_size=256, codebook_dim=8),
-        TokenizerTrainConfig(steps=2000, batch_size=64, lr=2e-3, restart_every=0),
+        TokenizerTrainConfig(steps=2000, batch_size=64, lr=2e-3),  # restarts revive dead bits
     ),
     "mnist-bsq": TokenizerPreset(
         "MNIST BSQ grid tokenizer: 28x28 grayscale -> 7x7 ids, 8 bits on the unit sphere per token (256 codes)",
         VQTokenizer, VQConfig(**_MNIST_ARCH, quantizer="bsq", codebook_size=256, codebook_dim=8),
-        TokenizerTrainConfig(steps=2000, batch_size=64, lr=2e-3, restart_every=0),
+        TokenizerTrainConfig(steps=2000, batch_size=64, lr=2e-3),  # restarts revive dead bits
     ),
     "mnist-fq": TokenizerPreset(
         "MNIST factorized-codebook tokenizer (FQGAN): 28x28 grayscale -> 7x7 ids, 2 sub-codebooks of 16 codes "

@@ -147,9 +147,26 @@ class LookupFreeQuantizer(_NoCodebook):
         self.beta, self.entropy_weight, self.temperature = beta, entropy_weight, temperature
         self.codebook_size = 2**dim
         self._scale = 1 / math.sqrt(dim) if spherical else 1.0  # the magnitude of a code coordinate
+        # subtracted from the latent before the signs; moved by restart_codes when a bit dies
+        self.register_buffer("center", torch.zeros(dim))
 
     def _project(self, z_ND: Tensor) -> Tensor:
+        z_ND = z_ND - self.center
         return F.normalize(z_ND, dim=-1) if self.spherical else z_ND
+
+    @torch.no_grad()
+    def restart_codes(self, dead_V: Tensor, candidates_ND: Tensor, generator: torch.Generator) -> int:
+        """Revive dead bits: a channel whose sign was the same for every recent latent vector
+        carries no information, and the entropy penalty's gradient is small there (its sigmoid is
+        saturated once the commitment loss has pulled the channel onto the code). Its centre moves
+        to the median of those values, so that half of them flip. Returns the number of bits moved.
+        (Found on MNIST: two of eight bits stayed positive, 25 % of the codes used.)"""
+        if candidates_ND.shape[0] < 2:
+            return 0
+        signs = self._project(candidates_ND) > 0
+        dead = signs.all(0) | (~signs).all(0)
+        self.center[dead] = candidates_ND[:, dead].median(0).values.to(self.center.dtype)
+        return int(dead.sum())
 
     def _sign(self, z_ND: Tensor) -> Tensor:
         return torch.where(z_ND > 0, 1.0, -1.0).to(z_ND.dtype) * self._scale
@@ -166,7 +183,7 @@ class LookupFreeQuantizer(_NoCodebook):
         zq_ND = u_ND + (q_ND - u_ND).detach()  # straight-through estimator
         ids = self.ids_from_signs(q_ND)
         return QuantizerOutput(z_q=_to_map(zq_ND, B, h, w), indices=ids.view(B, h * w), loss=loss,
-                               candidates=z_BDhw.new_zeros(0, D))  # fmt: skip
+                               candidates=_to_rows(z_BDhw).detach())  # fmt: skip
 
     def ids_from_signs(self, q_ND: Tensor) -> Tensor:
         return _mixed_radix((q_ND > 0).long(), (2,) * self.dim)
