@@ -307,7 +307,7 @@ def test_cards_describe_their_own_data_and_carry_metrics(tmp_path, tiny_pipe) ->
 
 
 @pytest.mark.parametrize("name", ["mnist-raster", "mnist-scale", "mnist-markov-scale", "mnist-neighbor", "mnist-masked",
-                                  "mnist-mar", "mnist-tokenbridge", "mnist-flexvar"])  # fmt: skip
+                                  "mnist-mar", "mnist-tokenbridge", "mnist-flexvar", "mnist-ctf"])  # fmt: skip
 def test_shipped_generator_cards_carry_measured_metrics(name) -> None:
     from arvision.hub import resolve
 

@@ -40,7 +40,7 @@ def primed(out, tiny_tokenizers, tokenizer: str):
 
 
 ORDERS = [("tiny-raster", "tiny-vq"), ("tiny-scale", "tiny-msvq"), ("tiny-masked", "tiny-vq"), ("tiny-neighbor", "tiny-vq"),
-          ("tiny-markov-scale", "tiny-msvq")]
+          ("tiny-markov-scale", "tiny-msvq"), ("tiny-ctf", "tiny-vq")]
 
 
 @pytest.mark.parametrize("preset,tokenizer", ORDERS)

@@ -265,8 +265,8 @@ class GeneratorPreset:
 
     def build_config(self, tokenizer: Tokenizer, num_classes: int) -> GeneratorConfig:
         """The generator config for this tokenizer and number of classes (a clear error if the order cannot use it)."""
-        return self.model_class.config_for(tokenizer.layout, transformer=self.transformer, num_classes=num_classes,
-                                           sampling=self.sampling, **self.extra)  # fmt: skip
+        return self.model_class.config_for_tokenizer(tokenizer, transformer=self.transformer, num_classes=num_classes,
+                                                     sampling=self.sampling, **self.extra)  # fmt: skip
 
 
 _TINY_GEN_TRAIN = GeneratorTrainConfig(steps=4, batch_size=8, warmup_steps=1, ckpt_every=2)
@@ -389,3 +389,20 @@ def get_generator_preset(name: str) -> GeneratorPreset:
     if name not in GENERATOR_PRESETS:
         raise ValueError(f"unknown generator preset '{name}'; choose one of: {', '.join(GENERATOR_PRESETS)}")
     return GENERATOR_PRESETS[name]
+
+
+# CTF coarse-to-fine
+# Raster next-token over k-means clusters of the codes, then every code in one bidirectional pass (generators/ctf.py).
+from arvision.generators.ctf import CTFGenerator  # noqa: E402
+
+GENERATOR_PRESETS["tiny-ctf"] = GeneratorPreset(
+    "tiny coarse-to-fine generator for tests (4 coarse labels of tiny-vq's 32 codes)", CTFGenerator,
+    llamagen_backbone(2, 32, 2), "tiny-vq", _TINY_GEN_TRAIN, SamplingConfig(cfg=2.0), {"num_coarse": 4, "fine_depth": 1},
+)
+GENERATOR_PRESETS["mnist-ctf"] = GeneratorPreset(
+    "MNIST class-conditional coarse-to-fine generator (CTF) on mnist-vq, 7x7 tokens: raster next-token over 32 k-means "
+    "clusters of the 256 codes, then every code in one bidirectional pass (49 + 1 passes)",
+    CTFGenerator, llamagen_backbone(6, 128, 4), "mnist-vq",
+    GeneratorTrainConfig(steps=2000, batch_size=64, lr=2e-3), SamplingConfig(cfg=2.0),
+    {"num_coarse": 32, "fine_depth": 2},
+)  # fmt: skip

@@ -2,6 +2,7 @@
 
 from arvision.generators.base import Generator, GeneratorConfig, GridConfig, GridGenerator
 from arvision.generators.parts import CategoricalHead, ClassCondition
+from arvision.generators.ctf import CTFConfig, CTFGenerator
 from arvision.generators.continuous import ContinuousNextTokenConfig, ContinuousNextTokenGenerator
 from arvision.generators.diffusion import DiffusionHead, DiffusionHeadConfig
 from arvision.generators.flexvar import FlexVARConfig, FlexVARGenerator
@@ -15,7 +16,7 @@ from arvision.generators.tokenbridge import ChannelARHead, ChannelHeadConfig, To
 from arvision.samplers.config import SamplingConfig
 
 __all__ = [
-    "CategoricalHead", "ClassCondition", "ContinuousNextTokenConfig", "ContinuousNextTokenGenerator", "DiffusionHead", "DiffusionHeadConfig", "FlexVARConfig", "FlexVARGenerator", "Generator", "MarConfig", "MarGenerator", "GeneratorConfig", "GridConfig", "GridGenerator", "MarkovScaleConfig", "MarkovScaleGenerator", "MaskedConfig", "MaskedGenerator",
+    "CategoricalHead", "ClassCondition", "CTFConfig", "CTFGenerator", "ContinuousNextTokenConfig", "ContinuousNextTokenGenerator", "DiffusionHead", "DiffusionHeadConfig", "FlexVARConfig", "FlexVARGenerator", "Generator", "MarConfig", "MarGenerator", "GeneratorConfig", "GridConfig", "GridGenerator", "MarkovScaleConfig", "MarkovScaleGenerator", "MaskedConfig", "MaskedGenerator",
     "NeighborConfig", "NeighborGenerator", "NextScaleConfig", "NextScaleGenerator", "NextTokenConfig",
     "NextTokenGenerator", "SamplingConfig", "rope_2d_table", "ChannelARHead", "ChannelHeadConfig", "TokenBridgeGenConfig",
     "TokenBridgeGenerator",

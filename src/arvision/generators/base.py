@@ -131,6 +131,12 @@ class Generator(PretrainedModel):
         """This generator's config for a tokenizer's layout (a clear error if the order cannot use it)."""
         return cls.config_class(**fields, **cls.layout_fields(layout))
 
+    @classmethod
+    def config_for_tokenizer(cls, tokenizer, **fields) -> GeneratorConfig:
+        """This generator's config for a tokenizer: :meth:`config_for` its layout, plus what an order
+        derives from the tokenizer's weights (coarse-to-fine: the k-means clusters of its codes)."""
+        return cls.config_for(tokenizer.layout, **fields)
+
     def check_layout(self, layout: TokenLayout) -> None:
         """A clear error when this generator cannot decode into ``layout``."""
         for name, want in self.layout_fields(layout).items():

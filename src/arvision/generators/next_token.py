@@ -130,11 +130,15 @@ class NextTokenGenerator(GridGenerator):
         """Teacher-forced logits (B, L, V): position p sees the class and tokens < p."""
         return self.head(self.hidden(tokens_BL, labels_B))
 
+    def causal_inputs(self, state: DecodeState) -> Tensor:
+        """The ids (B, L) the causal passes read: the tokens (coarse-to-fine: its coarse labels)."""
+        return state.tokens_BL
+
     def step(self, state: DecodeState, step: Step, cond_RD: Tensor, cache: KVCache | None) -> Tensor:
         """Positions [start, end): the class token at 0, token p - 1 at position p; position p predicts token p.
         Several positions at once (speculative verification) attend causally among themselves."""
         start, end = step.start, step.end
-        tokens = match_rows(state.tokens_BL[:, max(start - 1, 0) : end - 1], cond_RD.shape[0])
+        tokens = match_rows(self.causal_inputs(state)[:, max(start - 1, 0) : end - 1], cond_RD.shape[0])
         x = self._embed(cond_RD, tokens, start)
         T = x.shape[1]
         mask = None

@@ -71,6 +71,9 @@ class Step:
             None = every block.
         progress: share of the tokens decided after this pass (what MAR's guidance schedule
             reads); None = (group + 1) / groups.
+        output: what the pass's logits are over: "tokens" (the layout's vocabulary) or labels of
+            the order's own (coarse-to-fine: "coarse", its coarse labels). An order with more than
+            one kind has ``reference_logits`` return a dict keyed by it.
     """
 
     index: int
@@ -82,6 +85,7 @@ class Step:
     subs: int = 1
     blocks: tuple[int, ...] | None = None
     progress: float | None = None
+    output: str = "tokens"
 
     @property
     def predicts(self) -> Tensor | slice:

@@ -184,11 +184,10 @@ def _best_per_request(scores_B: Tensor, K: int) -> Tensor:
     return scores_B.view(Q, K).argmax(1) + torch.arange(Q) * K
 
 
-def kmeans_select(x_ND: Tensor, k: int, rng: Rng, iters: int = 25) -> Tensor:
-    """Indices of ``k`` distinct rows of ``x``: k-means (k-means++ start), the row nearest each centre."""
+def kmeans(x_ND: Tensor, k: int, rng: Rng, iters: int = 25) -> Tensor:
+    """Centres (k, D) (float64) of k-means on the rows of ``x`` (k <= N): a k-means++ start drawn
+    with ``rng``, then Lloyd iterations until nothing moves (a centre that loses every row stays put)."""
     N = x_ND.shape[0]
-    if k >= N:
-        return torch.arange(N)
     x = x_ND.double()
     first = int(randint(N, (1,), rng, device=rng_device(rng)))
     centres = [x[first]]
@@ -203,7 +202,15 @@ def kmeans_select(x_ND: Tensor, k: int, rng: Rng, iters: int = 25) -> Tensor:
         if torch.equal(new, c):
             break
         c = new
-    d = torch.cdist(c, x)  # (k, N)
+    return c
+
+
+def kmeans_select(x_ND: Tensor, k: int, rng: Rng, iters: int = 25) -> Tensor:
+    """Indices of ``k`` distinct rows of ``x``: k-means (k-means++ start), the row nearest each centre."""
+    N = x_ND.shape[0]
+    if k >= N:
+        return torch.arange(N)
+    d = torch.cdist(kmeans(x_ND, k, rng, iters), x_ND.double())  # (k, N)
     chosen: list[int] = []
     for j in range(k):  # nearest member to each centre, distinct (a centre whose nearest is taken takes its next)
         for i in d[j].argsort().tolist():
