@@ -114,3 +114,51 @@ def test_a_sequence_tokenizer_and_a_grid_generator_do_not_mix() -> None:
         Pipeline(grid_tok, seq_gen)
     with pytest.raises(ValueError, match="next-token-1d order needs"):
         GENERATOR_PRESETS["tiny-1d-raster"].build_config(grid_tok, 10)
+
+
+# -- the shipped models ------------------------------------------------------------------------
+
+
+def test_shipped_mnist_1d_reconstructs_better_with_every_longer_prefix() -> None:
+    """Nested dropout: PSNR grows with the number of tokens kept (300 test digits)."""
+    import arvision
+    from arvision.data import MnistDataset
+    from arvision.evaluate import evaluate_prefixes
+
+    tok = arvision.load("mnist-1d")
+    assert tok.layout == TokenLayout("sequence", 256, length=32, code_dim=8)
+    table = evaluate_prefixes(tok, MnistDataset("test"), [1, 2, 4, 8, 16, 32], limit=300)
+    psnr = [m["psnr"] for m in table.values()]
+    assert all(a < b for a, b in zip(psnr, psnr[1:])), psnr
+    assert psnr[-1] > psnr[0] + 5, psnr
+    recorded = tok.info["psnr_by_tokens"]
+    assert set(recorded) >= {"1", "2", "4", "8", "16", "32"}
+
+
+def test_shipped_mnist_1d_raster_draws_fewer_tokens_in_fewer_passes() -> None:
+    import arvision
+
+    pipe = arvision.load("mnist-1d-raster")
+    assert pipe.generator.order == "next-token-1d" and pipe.generator.num_steps == 32
+    full = pipe.sample([3, 7], 1, seed=0)
+    short = pipe.sample([3, 7], 1, seed=0, num_tokens=8)
+    assert short.stats.forward_passes_per_image == 8 and short.tokens.shape == (2, 8)
+    assert torch.equal(short.tokens, full.tokens[:, :8])
+    assert short.images.shape == full.images.shape == (2, 1, 28, 28)
+    assert 0 <= short.images.min() and short.images.max() <= 1 and not torch.allclose(short.images, full.images)
+
+
+def test_cli_num_tokens(tmp_path, capsys) -> None:
+    from test_cli import run
+
+    out = tmp_path / "coarse.png"
+    code, stdout, err = run(capsys, "generate", "mnist-1d-raster", "--classes", "3,7", "-n", "1", "--num-tokens", "4",
+                            "--seed", "0", "-o", str(out))  # fmt: skip
+    assert code == 0, err
+    assert "4.00 forward passes/image" in stdout and out.is_file()
+    code, _, err = run(capsys, "generate", "mnist-1d-raster", "--num-tokens", "33", "-o", str(tmp_path / "x.png"))
+    assert code == 2 and "at most 32 tokens" in err and "Traceback" not in err
+    code, _, err = run(capsys, "generate", "mnist-raster", "--num-tokens", "4", "-o", str(tmp_path / "y.png"))
+    assert code == 2 and "next-token order does not use num_tokens" in err
+    code, stdout, _ = run(capsys, "info", "mnist-1d-raster")
+    assert code == 0 and "fewer with --num-tokens" in stdout
