@@ -18,6 +18,7 @@ def test_every_shipped_model_loads() -> None:
     ("mnist-raster", "next-token", 49), ("mnist-scale", "next-scale", 6), ("mnist-markov-scale", "markov-scale", 6),
     ("mnist-neighbor", "next-neighbor", 13), ("mnist-masked", "masked", 8), ("mnist-mar", "mar", 8),
     ("mnist-tokenbridge", "next-token", 49), ("mnist-flexvar", "flex-scale", 7), ("mnist-ctf", "coarse-to-fine", 50),
+    ("mnist-1d-raster", "next-token-1d", 32),
 ])  # fmt: skip
 def test_shipped_generators_draw_the_requested_digits(name: str, order: str, steps: int) -> None:
     pipe = arvision.load(name)

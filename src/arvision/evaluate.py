@@ -14,7 +14,7 @@ import os
 import time
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -94,6 +94,25 @@ def evaluate_tokenizer(
         out["encode_ms"], out["decode_ms"] = 1000 * seconds[0] / timed, 1000 * seconds[1] / timed
     return out
 
+
+@torch.no_grad()
+def evaluate_prefixes(tokenizer: Tokenizer, dataset: Dataset, lengths: Sequence[int], *, batch_size: int = 256,
+                      limit: int | None = None) -> dict[int, dict[str, float]]:  # fmt: skip
+    """Reconstruction PSNR/SSIM when only the first k tokens are decoded, for each k in ``lengths``
+    (a tokenizer of 1-D sequences whose ``decode`` takes a prefix, e.g. ``OneDimTokenizer``)."""
+    if limit is not None:
+        dataset = Subset(dataset, range(min(limit, len(dataset))))
+    meters = {k: ReconstructionMeter() for k in lengths}
+    device = next(tokenizer.parameters()).device
+    was_training = tokenizer.training
+    tokenizer.eval()
+    for x in ordered_batches(dataset, batch_size):
+        x = x.to(device)
+        tokens = tokenizer.encode(x)
+        for k, meter in meters.items():
+            meter.update(tokenizer.decode(tokens[:, :k]), x)
+    tokenizer.train(was_training)
+    return {k: meter.compute() for k, meter in meters.items()}
 
 class _TokenStats:
     """Per-channel mean/std of continuous tokens (B, L, D), accumulated in float64."""

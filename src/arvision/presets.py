@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from arvision.config import Config
 from arvision.tokenizers import KLConfig, KLTokenizer, MultiScaleVQConfig, MultiScaleVQTokenizer, Tokenizer, VQConfig, VQTokenizer
 from arvision.tokenizers.flexscale import FlexScaleConfig, FlexScaleTokenizer
+from arvision.tokenizers.onedim import OneDimConfig, OneDimTokenizer
 from arvision.tokenizers.tokenbridge import TokenBridgeConfig, TokenBridgeTokenizer
 
 
@@ -82,7 +83,7 @@ class TokenizerTrainConfig(TrainConfig):
 class TokenizerPreset:
     description: str
     model_class: type[Tokenizer]
-    config: VQConfig | MultiScaleVQConfig | KLConfig | FlexScaleConfig
+    config: VQConfig | MultiScaleVQConfig | KLConfig | FlexScaleConfig | TokenBridgeConfig | OneDimConfig
     train: TokenizerTrainConfig
 
 
@@ -196,6 +197,23 @@ TOKENIZER_PRESETS["mnist-flexscale"] = TokenizerPreset(
 )
 
 
+# 1-D tokens (TiTok/FlexTok): K latent tokens read by a transformer, any prefix decodes (nested dropout).
+TOKENIZER_PRESETS["tiny-1d"] = TokenizerPreset(
+    "tiny 1-D tokenizer for tests (16x16, 8 tokens, codebook 32, nested dropout)", OneDimTokenizer,
+    OneDimConfig(image_size=16, in_channels=1, patch_size=4, num_latents=8, width=32, num_heads=2, encoder_depth=1,
+                 decoder_depth=1, codebook_size=32, codebook_dim=4),  # fmt: skip
+    _TINY_TRAIN,
+)
+TOKENIZER_PRESETS["mnist-1d"] = TokenizerPreset(
+    "MNIST 1-D tokenizer (TiTok/FlexTok-style): 28x28 grayscale -> 32 ids, codebook 256 (l2-normalised), coarse to "
+    "fine: any prefix decodes (nested dropout)",
+    OneDimTokenizer,
+    OneDimConfig(image_size=28, in_channels=1, patch_size=7, num_latents=32, width=128, num_heads=4, encoder_depth=2,
+                 decoder_depth=4, codebook_size=256, codebook_dim=8, quant_warmup=300),  # fmt: skip
+    TokenizerTrainConfig(steps=2500, batch_size=64, lr=1.5e-3),
+)
+
+
 def get_tokenizer_preset(name: str) -> TokenizerPreset:
     if name not in TOKENIZER_PRESETS:
         raise ValueError(f"unknown tokenizer preset '{name}'; choose one of: {', '.join(TOKENIZER_PRESETS)}")
@@ -214,6 +232,7 @@ from arvision.generators.diffusion import DiffusionHeadConfig  # noqa: E402
 from arvision.generators.flexvar import FlexVARGenerator  # noqa: E402
 from arvision.generators.continuous import ContinuousNextTokenGenerator  # noqa: E402
 from arvision.generators.mar import MarGenerator, mar_backbone  # noqa: E402
+from arvision.generators.sequence import SequenceGenerator  # noqa: E402
 from arvision.generators.tokenbridge import ChannelHeadConfig, TokenBridgeGenerator  # noqa: E402
 from arvision.nn.transformer import TransformerConfig  # noqa: E402
 from arvision.samplers.config import SamplingConfig  # noqa: E402
@@ -384,6 +403,18 @@ GENERATOR_PRESETS["mnist-flexvar"] = GeneratorPreset(
     GeneratorTrainConfig(steps=1500, batch_size=64, lr=2e-3), SamplingConfig(cfg=2.0, cfg_schedule="linear"),
 )
 
+
+# 1-D tokens (TiTok/FlexTok): raster next-token over the sequence with 1-D RoPE; fewer tokens at sampling (num_tokens).
+GENERATOR_PRESETS["tiny-1d-raster"] = GeneratorPreset(
+    "tiny next-token generator over a 1-D token sequence for tests", SequenceGenerator, llamagen_backbone(2, 32, 2),
+    "tiny-1d", _TINY_GEN_TRAIN, SamplingConfig(cfg=2.0),
+)
+GENERATOR_PRESETS["mnist-1d-raster"] = GeneratorPreset(
+    "MNIST class-conditional next-token generator (LlamaGen-style, 1-D RoPE) on mnist-1d's 32-token sequences; "
+    "num_tokens=k draws the first k tokens (a coarser image in k passes)",
+    SequenceGenerator, llamagen_backbone(6, 128, 4), "mnist-1d",
+    GeneratorTrainConfig(steps=3000, batch_size=64, lr=2e-3), SamplingConfig(cfg=2.0),
+)
 
 def get_generator_preset(name: str) -> GeneratorPreset:
     if name not in GENERATOR_PRESETS:

@@ -23,9 +23,9 @@ from arvision.metrics.mnist_classifier import class_accuracy
 from arvision.outputs import check_dir
 from arvision.pipeline import Pipeline
 
-DEMO_TOKENIZERS = ("mnist-vq", "mnist-msvq", "mnist-kl", "mnist-flexscale")
+DEMO_TOKENIZERS = ("mnist-vq", "mnist-msvq", "mnist-kl", "mnist-flexscale", "mnist-1d")
 DEMO_GENERATORS = ("mnist-raster", "mnist-scale", "mnist-markov-scale", "mnist-neighbor", "mnist-masked", "mnist-mar",
-                   "mnist-tokenbridge", "mnist-flexvar")
+                   "mnist-tokenbridge", "mnist-flexvar", "mnist-1d-raster")
 DEMO_EDITS = (("inpaint", "center"), ("outpaint", "border"))  # file suffix, preset region (cli/edit.py)
 
 
@@ -79,6 +79,8 @@ def edit_demo(pipes: dict[str, Pipeline], test: MnistDataset, out: Path, seed: i
     print(f"editing 10 test digits: in-painting regenerates the centre {size // 2}x{size // 2} pixels, "
           "out-painting everything else")  # fmt: skip
     for name, pipe in pipes.items():
+        if pipe.tokenizer.layout.kind == "sequence":  # 1-D tokens have no place in the image: no region to regenerate
+            continue
         parts = []
         for suffix, region in DEMO_EDITS:
             mask = region_mask(region, size)
