@@ -23,7 +23,8 @@ from arvision.metrics.mnist_classifier import class_accuracy
 from arvision.outputs import check_dir
 from arvision.pipeline import Pipeline
 
-DEMO_TOKENIZERS = ("mnist-vq", "mnist-msvq", "mnist-kl", "mnist-flexscale", "mnist-1d")
+DEMO_TOKENIZERS = ("mnist-vq", "mnist-fsq", "mnist-lfq", "mnist-bsq", "mnist-fq", "mnist-msvq", "mnist-kl", "mnist-flexscale",
+                   "mnist-1d")
 DEMO_GENERATORS = ("mnist-raster", "mnist-scale", "mnist-markov-scale", "mnist-neighbor", "mnist-masked", "mnist-mar",
                    "mnist-tokenbridge", "mnist-flexvar", "mnist-1d-raster")
 DEMO_EDITS = (("inpaint", "center"), ("outpaint", "border"))  # file suffix, preset region (cli/edit.py)
@@ -57,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     if pipes and "mnist-classifier" in shipped:
         edit_demo(pipes, test, out, args.seed)
     x = test.images[:20]
-    for name in DEMO_TOKENIZERS:
+    for name in (t for t in DEMO_TOKENIZERS if t in shipped):
         tok = load(name)
         with torch.no_grad():
             y = tok.decode(tok.encode(x))
