@@ -35,7 +35,10 @@ def test_training_improves_reconstructions_on_mnist(tmp_path) -> None:
     assert json.loads((tmp_path / "metrics.json").read_text())["num_images"] == 256
 
 
-@pytest.mark.parametrize("preset", ["tiny-vq", "tiny-msvq"])
+# every tiny tokenizer that takes gradient steps (a regression: the adversarial loss's last layer
+# was looked up on every decoder, and the 1-D tokenizer's transformer decoder has no conv_out)
+@pytest.mark.parametrize("preset", ["tiny-vq", "tiny-msvq", "tiny-fsq", "tiny-lfq", "tiny-bsq", "tiny-fq", "tiny-1d", "tiny-kl",
+                                    "tiny-flexscale"])
 def test_resume_continues_exactly(tmp_path, preset: str) -> None:
     kw = dict(preset=preset, steps=7, progress=False, eval_limit=16)
     train_tokenizer(tmp_path / "straight", **kw)

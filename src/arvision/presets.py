@@ -134,7 +134,7 @@ TOKENIZER_PRESETS: dict[str, TokenizerPreset] = {
     ),
     "mnist-lfq": TokenizerPreset(
         "MNIST LFQ grid tokenizer: 28x28 grayscale -> 7x7 ids, 8 sign bits per token (256 codes, entropy penalty)",
-        VQTokenizer, VQConfig(**_MNIST_ARCH, quantizer="lfq", codebook_size=256, codebook_dim=8),
+        VQTokenizer, VQConfig(**_MNIST_ARCH, quantizer="lfq", codebook_size=256, codebook_dim=8, entropy_weight=0.5),
         TokenizerTrainConfig(steps=2000, batch_size=64, lr=2e-3),  # restarts revive dead bits
     ),
     "mnist-bsq": TokenizerPreset(

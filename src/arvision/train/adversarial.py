@@ -93,7 +93,7 @@ class ReconstructionLoss(nn.Module):
     def adversarial_at(self, step: int) -> bool:
         return self.discriminator is not None and step >= self.disc_start
 
-    def forward(self, recon: Tensor, x: Tensor, *, step: int, last_layer: Tensor) -> LossTerms:
+    def forward(self, recon: Tensor, x: Tensor, *, step: int, last_layer: Tensor | None) -> LossTerms:
         mse = F.mse_loss(recon, x)
         rec = mse
         parts = {"mse": mse.item()}

@@ -153,7 +153,8 @@ def train_tokenizer(
     if ema_model is not None:
         ema_model.to(device)
     out.mkdir(parents=True, exist_ok=True)
-    last_layer = model.decoder.conv_out.weight  # where VQGAN's adaptive weight compares the gradients
+    # where VQGAN's adaptive weight compares the gradients (only conv decoders get the adversarial loss)
+    last_layer = model.decoder.conv_out.weight if criterion.discriminator is not None else None
 
     def autocast() -> contextlib.AbstractContextManager:
         if tc.mixed_precision != "bf16":
