@@ -125,6 +125,8 @@ def base_args(cmd: tuple[str, ...], w: dict[str, Path]) -> list[str]:
         return [str(w["pipe"]), "-n", "4", "--ref", str(w["images"]), "--out", out, "--kid-subset-size", "2"]
     if cmd == ("eval", "tokenizer"):
         return [str(w["tok"]), "--data", str(w["images"]), "--limit", "2", "--features", "none"]
+    if cmd == ("bench", "tokenizers"):
+        return [str(w["tok"]), "--data", str(w["images"]), "--limit", "2", "--features", "none", "--out", out]
     if cmd == ("tune",):
         return [str(w["pipe"]), "-n", "2", "--ref", str(w["images"]), "--grid", "cfg=1", "--out", out]
     if cmd == ("train", "tokenizer"):
@@ -200,6 +202,11 @@ def test_fuzz_command_line(world, small_machine) -> None:
     @example(argv=["generate", str(world["pipe"]), "-n", "1", "--device", "banana"])
     @example(argv=["generate", str(world["pipe"]), "-n", "1", "--device", "cuda:7"])
     @example(argv=["reconstruct", str(world["tok"]), str(world["file"])])
+    # found when `bench tokenizers` joined the commands: eval generator failed after sampling, or deep in torch
+    @example(argv=[*base_args(("eval", "generator"), world), "--refiner", str(world["pipe"])])
+    @example(argv=[*base_args(("eval", "generator"), world), "-n", "100000000000"])
+    @example(argv=[*base_args(("eval", "generator"), world), "--kid-subsets", "0"])
+    @example(argv=[*base_args(("generate",), world), "-o", "a" * 300])  # a file name too long for the file system
     def fuzz(argv: list[str]) -> None:
         check_cli(argv, world)
 

@@ -25,9 +25,10 @@ from arvision.errors import DataError
 from arvision.metrics import CodebookStats, ReconstructionMeter
 from arvision.metrics.features import FeatureExtractor, Reference, save_samples_npz, to_uint8
 from arvision.metrics.generative import FeatureStats, frechet_distance, inception_score, kernel_inception_distance, precision_recall
-from arvision.outputs import write_json
+from arvision.outputs import check_memory, write_json
 from arvision.pipeline import pop_call_options
 from arvision.runtime import check_precision
+from arvision.samplers.collaborative import check_pairing
 from arvision.samplers.rng import image_seeds
 from arvision.samplers.search import search_record
 from arvision.tokenizers import Tokenizer
@@ -197,11 +198,17 @@ def evaluate_generator(
         raise ValueError(f"n must be at least 2 samples, got {n}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if kid_subsets < 1 or kid_subset_size < 2:  # checked before sampling, not after it
+        raise ValueError(f"KID needs kid_subsets >= 1 and kid_subset_size >= 2, got {kid_subsets} and {kid_subset_size}")
     out = Path(out_dir)
     chunks_dir = out / "chunks"
     requested, n = n, balanced_count(n, pipe.num_classes)
+    c = pipe.tokenizer.config
+    check_memory(n * (c.in_channels * c.image_size**2 + 4 * extractor.dim + 8), f"scoring n={n:,} samples",
+                 "lower -n (the samples, their features and labels are held together to score them)")  # fmt: skip
     models = pop_call_options(sampling)  # models, search, precision: not settings
     s = pipe.sampling_config(**sampling)  # checked: bad settings fail before any file is written
+    check_pairing(models.get("refiner") is not None, s)
     precision = check_precision(models.get("precision") or "fp32", pipe.device)
     run = {"model": model or pipe.info.get("preset", "?"), "n": n, "batch_size": batch_size, "seed": seed, "seeding": "per-image",
            "sampling": s.to_dict(), "features": extractor.name, "sampling_precision": precision}  # fmt: skip

@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         except (AttributeError, OSError, ValueError):
             pass
         return 0
-    except (ArvisionError, ValueError, TypeError, FileNotFoundError, FloatingPointError) as e:
+    except (ArvisionError, ValueError, TypeError, OSError, FloatingPointError) as e:  # OSError: a name too long, no space left...
         if os.environ.get("ARVISION_DEBUG"):
             raise
         print(f"arvision {args.command}: error: {e}", file=sys.stderr)

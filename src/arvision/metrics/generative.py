@@ -154,9 +154,11 @@ def kernel_inception_distance(x_ND: Tensor | np.ndarray, y_ND: Tensor | np.ndarr
     x, y = _as_features(x_ND, "x"), _as_features(y_ND, "y")
     if x.shape[1] != y.shape[1]:
         raise ValueError(f"cannot compare features of dimension {x.shape[1]} and {y.shape[1]}")
+    if subsets < 1:
+        raise ValueError(f"KID needs subsets >= 1, got {subsets}")
     m = min(subset_size, x.shape[0], y.shape[0])
     if m < 2:
-        raise ValueError("KID needs at least 2 samples in each set")
+        raise ValueError("KID needs at least 2 samples in each set and subset_size >= 2")
     gamma = 1.0 / x.shape[1] if gamma is None else gamma
     g = torch.Generator().manual_seed(seed)
     values = []

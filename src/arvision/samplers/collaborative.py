@@ -52,16 +52,21 @@ def check_refiner(drafter: Decoder, refiner: Decoder, tokenizer) -> None:
                          "they must be trained on the same classes")  # fmt: skip
 
 
+def check_pairing(has_refiner: bool, s: SamplingConfig) -> None:
+    """A refiner and ``draft_scales`` come together (checked before long runs start)."""
+    if s.draft_scales is not None and not has_refiner:
+        raise ValueError(f"draft_scales={s.draft_scales} needs a refiner: pass refiner=... (a small model of the same order, "
+                         "trained with the same tokenizer, e.g. mnist-scale-refiner)")  # fmt: skip
+    if has_refiner and s.draft_scales is None:
+        raise ValueError("a refiner needs draft_scales=K: the drafter decodes the first K scales, the refiner the rest")
+
+
 def collaborate(drafter: Decoder, refiner: Decoder | None, tokenizer, plan: list[Step], labels_B: Tensor,
                 s: SamplingConfig) -> tuple[list[Step], StepFn]:  # fmt: skip
     """(plan, step function) that decode steps < ``s.draft_scales`` on ``drafter`` and the rest on
     ``refiner`` (see the module docstring)."""
     K = s.draft_scales
-    if refiner is None:
-        raise ValueError(f"draft_scales={K} needs a refiner: pass refiner=... (a small model of the same order, trained "
-                         "with the same tokenizer, e.g. mnist-scale-refiner)")  # fmt: skip
-    if K is None:
-        raise ValueError("a refiner needs draft_scales=K: the drafter decodes the first K scales, the refiner the rest")
+    check_pairing(refiner is not None, s)
     check_refiner(drafter, refiner, tokenizer)
     cond_RD = refiner.class_emb.encode(labels_B, with_null=s.guided())
     cache = refiner.new_cache(cond_RD.shape[0])
