@@ -62,7 +62,8 @@ def test_settings_the_order_cannot_use_are_rejected(preset: str) -> None:
     pipe = Pipeline(tok, gen)
     for name in ORDER_SETTINGS:
         value = {"num_steps": 2, "choice_temperature": 1.0, "decoding": "sjd", "window": 3, "jacobi_init": "spatial", "lantern_k": 2,
-                 "lantern_delta": 0.2, "draft_scales": 2, "depth_schedule": (1, 1, 1, 1), "scales": (1, 2)}[name]  # fmt: skip
+                 "lantern_delta": 0.2, "draft_scales": 2, "depth_schedule": (1, 1, 1, 1), "scales": (1, 2),
+                 "num_tokens": 2}[name]  # fmt: skip
         if name in gen.order_class.own_settings:
             pipe.sampling_config(**{name: value})  # accepted
         else:
@@ -71,6 +72,9 @@ def test_settings_the_order_cannot_use_are_rejected(preset: str) -> None:
     if "num_steps" in gen.order_class.own_settings:
         with pytest.raises(ValueError, match="more than the"):
             pipe.sample([1], 1, num_steps=gen.num_tokens + 1)
+    if "num_tokens" in gen.order_class.own_settings:
+        with pytest.raises(ValueError, match="at most"):
+            pipe.sample([1], 1, num_tokens=gen.num_tokens + 1)
 
 
 @pytest.mark.parametrize("preset", NAMES)
@@ -166,6 +170,10 @@ def test_editing_keeps_the_known_tokens(preset: str) -> None:
     images = tok.decode(prior).add(1).div(2).clamp(0, 1)
     mask = torch.zeros(1, 1, H, H, dtype=torch.bool)
     mask[..., H // 2 :, :] = True
+    if tok.layout.kind == "sequence":  # 1-D tokens have no place in the image: a pixel mask cannot pick them
+        with pytest.raises(ValueError, match="no spatial layout"):
+            pipe.sample_edit(images, mask, classes=3, seed=0)
+        return
     edit = pipe.sample_edit(images, mask, classes=3, seed=0)
     assert edit.images.shape == images.shape and 0 <= edit.images.min() and edit.images.max() <= 1
     kept = edit.known

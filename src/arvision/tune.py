@@ -52,7 +52,7 @@ def _typed(name: str, default: Any, text: str) -> Any:
     try:
         if isinstance(default, bool):
             return text.lower() in ("1", "true", "yes")
-        if isinstance(default, int) or name in ("num_steps", "draft_scales", "diffusion_steps"):
+        if isinstance(default, int) or name in ("num_steps", "draft_scales", "diffusion_steps", "num_tokens"):
             return int(text)
         if isinstance(default, float):
             return float(text)

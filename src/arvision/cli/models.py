@@ -55,7 +55,8 @@ def run_info(args: argparse.Namespace) -> int:
         tok = pipe.tokenizer
         rows += [
             ("order", f"{model.order}: {model.num_tokens} tokens in {model.num_steps} forward passes"
-                      + (" by default (choose with --steps)" if "num_steps" in model.order_class.own_settings else "")),
+                      + (" by default (choose with --steps)" if "num_steps" in model.order_class.own_settings else "")
+                      + (" by default (fewer with --num-tokens)" if "num_tokens" in model.order_class.own_settings else "")),
             ("backbone", f"depth {t.depth}, width {t.width}, {t.num_heads} heads, {t.conditioning} conditioning, "
                          f"{t.attention} attention, {t.norm}, {t.mlp}"),  # fmt: skip
             ("classes", f"{cfg.num_classes} (null class {model.null_class} for guidance)"),

@@ -114,7 +114,8 @@ class Generator(PretrainedModel):
         """The config fields that come from the tokenizer's layout (vocabulary, grid / scales)."""
         if layout.kind != cls.layout_kind or (layout.kind == "grid" and layout.grid[0] != layout.grid[1]):
             need = {"grid": "a VQ grid tokenizer (e.g. mnist-vq)", "scales": "a multi-scale tokenizer (e.g. mnist-msvq)",
-                    "flex-scales": "a multi-scale tokenizer without residuals (FlexVAR's, e.g. mnist-flexvar's)"}
+                    "flex-scales": "a multi-scale tokenizer without residuals (FlexVAR's, e.g. mnist-flexvar's)",
+                    "sequence": "a tokenizer of 1-D token sequences"}
             raise ValueError(f"the {cls.order_class.name} order needs {need.get(cls.layout_kind, cls.layout_kind)}, "
                              f"but this tokenizer has {layout.describe()}")  # fmt: skip
         kind = cls.config_class.token_kind

@@ -92,11 +92,15 @@ class NextTokenGenerator(GridGenerator):
         if config.positions == "learned":
             self.pos_embed = nn.Parameter(torch.zeros(1, self.num_tokens, C))
         else:
-            table = rope_2d_table(config.grid_size, config.transformer.head_dim, config.rope_base)
-            self.register_buffer("rope_table", table, persistent=False)
+            self.register_buffer("rope_table", self.build_rope_table(), persistent=False)
         self.init_weights()
         if config.positions == "learned":
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
+
+    def build_rope_table(self) -> Tensor:
+        """(1 + L, Dh/2, 2) cos/sin of the class token and the L token positions (2D RoPE over the grid)."""
+        c = self.config
+        return rope_2d_table(c.grid_size, c.transformer.head_dim, c.rope_base)
 
     def build_token_embedding(self) -> nn.Module:
         """Token -> input vector (an embedding table over the codebook)."""
@@ -115,7 +119,7 @@ class NextTokenGenerator(GridGenerator):
         return x
 
     def _rope(self, start: int, length: int) -> Tensor | None:
-        return self.rope_table[start : start + length] if self.config.positions == "rope2d" else None
+        return self.rope_table[start : start + length] if self.config.uses_rope else None
 
     def _adaln(self, cond_BC: Tensor) -> Tensor | None:
         return cond_BC if self.config.transformer.conditioning == "adaln" else None

@@ -52,6 +52,9 @@ class SamplingConfig(Config):
     FlexVAR (``flex-scale`` order): ``scales`` = the side of every step's token map, coarse to
     fine (None = the model's training sides): the number of steps and, with the last side, the
     output resolution (last side x the tokenizer's downsampling) are chosen at sampling time.
+
+    1-D token sequences (``next-token-1d`` order): ``num_tokens`` = k generates only the first k
+    tokens (k forward passes) and the tokenizer decodes that prefix (None = all of them).
     """
 
     cfg: float = 1.0
@@ -71,6 +74,7 @@ class SamplingConfig(Config):
     depth_schedule: tuple[int, ...] | None = None
     diffusion_steps: int | None = None
     scales: tuple[int, ...] | None = None
+    num_tokens: int | None = None
 
     def __post_init__(self) -> None:
         if self.cfg_schedule not in CFG_SCHEDULES:
@@ -115,6 +119,9 @@ class SamplingConfig(Config):
                              f"model's own), got {self.scales!r}")  # fmt: skip
         if isinstance(self.scales, list):
             object.__setattr__(self, "scales", tuple(self.scales))
+        if self.num_tokens is not None and (isinstance(self.num_tokens, bool) or not isinstance(self.num_tokens, int)
+                                            or self.num_tokens < 1):  # fmt: skip
+            raise ValueError(f"num_tokens must be a positive number of tokens (None = all of them), got {self.num_tokens!r}")
 
     def guided(self) -> bool:
         return self.cfg != (0.0 if self.cfg_schedule == "linear" else 1.0)
@@ -126,6 +133,6 @@ class SamplingConfig(Config):
 
 # settings only some orders read (each order lists its own in Order.own_settings)
 ORDER_SETTINGS = ("num_steps", "choice_temperature", "decoding", "window", "jacobi_init", "lantern_k", "lantern_delta",
-                  "draft_scales", "depth_schedule", "scales")  # fmt: skip
+                  "draft_scales", "depth_schedule", "scales", "num_tokens")  # fmt: skip
 # settings only some heads read (each head lists its own in ``own_settings``; categorical: top_k, top_p)
 HEAD_SETTINGS = ("top_k", "top_p", "diffusion_steps")

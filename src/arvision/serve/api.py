@@ -36,6 +36,7 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "jacobi_init": ("choice", "sjd: new draft positions start from random tokens or the token above"),
     "depth_schedule": ("ints", "VARiant: backbone blocks per scale, e.g. 6,6,6,3,3,3 (blank = full depth)"),
     "scales": ("ints", "FlexVAR: side of every step's token map, coarse to fine, e.g. 1,2,4,7 (blank = the model's)"),
+    "num_tokens": ("int", "1-D token sequences: generate only the first k tokens and decode that prefix (blank = all)"),
     "diffusion_steps": ("int", "denoising steps per token of the diffusion head (blank = the head's default)"),
 }
 CHOICES = {"decoding": ("plain", "sjd"), "jacobi_init": ("random", "spatial")}

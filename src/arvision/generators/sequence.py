@@ -1,0 +1,117 @@
+"""Raster next-token generation over a 1-D token sequence (layout kind "sequence").
+
+The same model and decoding step as :mod:`arvision.generators.next_token` (class token, then one
+token per forward pass with a KV cache); only the positions differ: 1-D RoPE over the sequence
+(or learned absolute embeddings) instead of 2D RoPE over a grid. For tokenizers whose tokens are a
+sequence rather than a picture: 1-D latent tokens (TiTok/FlexTok), codec bytes.
+
+``num_tokens`` (a sampling setting) stops after the first k tokens: for tokenizers that decode a
+prefix (FlexTok's nested dropout: fewer tokens, a coarser image) the number of tokens, and so of
+forward passes, is chosen at sampling time.
+
+Legend: B batch, L tokens of the layout, k tokens generated, C width, V vocabulary, Dh head width.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from arvision.generators.base import GeneratorConfig
+from arvision.generators.next_token import NextTokenGenerator, NextTokenOrder
+from arvision.modeling import register_model
+from arvision.samplers.config import SamplingConfig
+from arvision.samplers.order import DecodeState, Step, register_order
+
+POSITIONS = ("rope1d", "learned")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SequenceConfig(GeneratorConfig):
+    """A generator over a sequence of ``seq_len`` tokens (derived from the tokenizer's layout).
+
+    Args:
+        seq_len: L, tokens per image.
+        positions: "rope1d" (1-D rotary embedding; the class token is position 0, token i is
+            position i + 1) or "learned" absolute embeddings.
+        rope_base: RoPE's frequency base.
+    """
+
+    seq_len: int = 16
+    positions: str = "rope1d"
+    rope_base: float = 10000.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.seq_len < 1:
+            raise ValueError(f"seq_len must be >= 1 tokens, got {self.seq_len}")
+        if self.positions not in POSITIONS:
+            raise ValueError(f"positions must be one of {POSITIONS}, got {self.positions!r}")
+        if self.uses_rope and self.transformer.head_dim % 2:
+            raise ValueError(f"1-D RoPE rotates pairs of channels: head_dim must be even, got {self.transformer.head_dim}")
+
+    @property
+    def uses_rope(self) -> bool:
+        return self.positions == "rope1d"
+
+
+def rope_1d_table(length: int, head_dim: int, base: float) -> Tensor:
+    """(length, Dh/2, 2) cos/sin of positions 0..length-1: pair i turns at base^(-2i/Dh) per position."""
+    freqs = 1.0 / (base ** (torch.arange(0, head_dim, 2)[: head_dim // 2].float() / head_dim))
+    angles = torch.outer(torch.arange(length, dtype=torch.float32), freqs)  # (length, Dh/2)
+    return torch.stack([angles.cos(), angles.sin()], dim=-1)
+
+
+@register_order
+class SequenceOrder(NextTokenOrder):
+    """Next-token over a 1-D sequence: pass i predicts token i, for the first ``num_tokens``
+    tokens (default: all of them). The state then holds those k tokens, which the tokenizer decodes."""
+
+    name = "next-token-1d"
+    own_settings = ("num_tokens",)
+    length: int | None = None  # tokens of the last plan
+
+    def plan(self, s: SamplingConfig) -> list[Step]:
+        self.length = self.generator.check_num_tokens(s.num_tokens)
+        return [Step(i, i, i, i + 1) for i in range(self.length)]
+
+    def start(self, batch_size: int, prior_BL: Tensor | None, known_BL: Tensor | None, device: torch.device) -> DecodeState:
+        """The state over the first k tokens (``prior_BL``/``known_BL``, if given, cover all L and are cut to k)."""
+        state = super().start(batch_size, prior_BL, known_BL, device)
+        k = self.length if self.length is not None else self.generator.num_tokens
+        if k == state.tokens_BL.shape[1]:
+            return state
+        return DecodeState(tokens_BL=state.tokens_BL[:, :k].clone(), known_BL=state.known_BL[:, :k].clone(),
+                           open_BL=state.open_BL[:, :k].clone())  # fmt: skip
+
+
+@register_model
+class SequenceGenerator(NextTokenGenerator):
+    """Class-conditional raster next-token generator over a 1-D token sequence."""
+
+    model_type = "sequence_generator"
+    config_class = SequenceConfig
+    config: SequenceConfig
+    order_class = SequenceOrder
+    layout_kind = "sequence"
+    layout_map = {"seq_len": "length"}
+
+    @property
+    def num_tokens(self) -> int:
+        return self.config.seq_len
+
+    def build_rope_table(self) -> Tensor:
+        """(1 + L, Dh/2, 2): the class token at position 0 (no rotation), token i at position i + 1."""
+        c = self.config
+        return rope_1d_table(c.seq_len + 1, c.transformer.head_dim, c.rope_base)
+
+    def check_num_tokens(self, k: int | None) -> int:
+        """The number of tokens to generate (None = all L), or a clear error."""
+        L = self.num_tokens
+        if k is None:
+            return L
+        if k > L:
+            raise ValueError(f"num_tokens={k}: this model generates sequences of at most {L} tokens; use 1..{L} (None = all)")
+        return k
