@@ -19,7 +19,10 @@ def test_every_shipped_model_loads() -> None:
     ("mnist-neighbor", "next-neighbor", 13, 0.9), ("mnist-masked", "masked", 8, 0.9), ("mnist-mar", "mar", 8, 0.9),
     ("mnist-tokenbridge", "next-token", 49, 0.9), ("mnist-flexvar", "flex-scale", 7, 0.9),
     ("mnist-ctf", "coarse-to-fine", 50, 0.9),
-    ("mnist-jpeg", "next-token-1d", 200, 0.8),  # JPEG-LM: bytes of JPEG files (issue 15's bar: 80 %)
+    # JPEG-LM: bytes of JPEG files (issue 15's bar: 80 %); not shipped yet: the first training run (1100 steps) writes
+    # valid streams only ~7 % of the time (docs/jpeg.md)
+    pytest.param("mnist-jpeg", "next-token-1d", 200, 0.8,
+                 marks=pytest.mark.skipif("mnist-jpeg" not in arvision.list_models(), reason="mnist-jpeg is not shipped yet")),
 ])  # fmt: skip
 def test_shipped_generators_draw_the_requested_digits(name: str, order: str, steps: int, threshold: float) -> None:
     pipe = arvision.load(name)
