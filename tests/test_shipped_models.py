@@ -14,17 +14,21 @@ def test_every_shipped_model_loads() -> None:
         assert arvision.load(name) is not None
 
 
-@pytest.mark.parametrize("name,order,steps", [
-    ("mnist-raster", "next-token", 49), ("mnist-scale", "next-scale", 6), ("mnist-markov-scale", "markov-scale", 6),
-    ("mnist-neighbor", "next-neighbor", 13), ("mnist-masked", "masked", 8), ("mnist-mar", "mar", 8),
-    ("mnist-tokenbridge", "next-token", 49), ("mnist-flexvar", "flex-scale", 7), ("mnist-ctf", "coarse-to-fine", 50),
-    ("mnist-1d-raster", "next-token-1d", 32),
+@pytest.mark.parametrize("name,order,steps,threshold", [
+    ("mnist-raster", "next-token", 49, 0.9), ("mnist-scale", "next-scale", 6, 0.9), ("mnist-markov-scale", "markov-scale", 6, 0.9),
+    ("mnist-neighbor", "next-neighbor", 13, 0.9), ("mnist-masked", "masked", 8, 0.9), ("mnist-mar", "mar", 8, 0.9),
+    ("mnist-tokenbridge", "next-token", 49, 0.9), ("mnist-flexvar", "flex-scale", 7, 0.9),
+    ("mnist-ctf", "coarse-to-fine", 50, 0.9), ("mnist-1d-raster", "next-token-1d", 32, 0.9),
+    # JPEG-LM (mnist-jpeg, issue 15's bar 80 % and 95 % of streams decodable) joins here once it is shipped: its first
+    # training run (1100 steps) wrote valid streams only 7 % of the time (docs/jpeg.md)
 ])  # fmt: skip
-def test_shipped_generators_draw_the_requested_digits(name: str, order: str, steps: int) -> None:
+def test_shipped_generators_draw_the_requested_digits(name: str, order: str, steps: int, threshold: float) -> None:
     pipe = arvision.load(name)
     assert isinstance(pipe, Pipeline) and pipe.generator.order == order
     out = pipe.sample(list(range(10)), 20, seed=123, batch_size=100)
     assert out.images.shape == (200, 1, 28, 28) and out.stats.forward_passes_per_image == steps
     accuracy = class_accuracy(arvision.load("mnist-classifier"), out.images, out.labels)
-    assert accuracy >= 0.9, f"{name}: only {accuracy:.1%} of the samples are classified as the requested digit"
+    assert accuracy >= threshold, f"{name}: only {accuracy:.1%} of the samples are classified as the requested digit"
+    if pipe.tokenizer.may_fail_to_decode:  # a codec: the generated streams are valid files (issue 15's bar: 95 %)
+        assert out.stats.undecodable <= 0.05 * 200, f"{name}: {out.stats.undecodable} of 200 streams do not decode"
     assert "arvision train generator --preset" in pipe.info["training"]["command"]

@@ -64,7 +64,7 @@ def evaluate_tokenizer(
     real_stats = fake_stats = None
     if features is not None:
         real_stats, fake_stats = FeatureStats(features.dim), FeatureStats(features.dim)
-    device = next(tokenizer.parameters()).device
+    device = tokenizer.device
     was_training = tokenizer.training
     tokenizer.eval()
     n_batches = -(-len(dataset) // batch_size)
@@ -171,7 +171,7 @@ def _save_chunk(path: Path, **arrays: np.ndarray) -> None:
 def _load_chunk(path: Path) -> dict[str, np.ndarray] | None:
     try:
         with np.load(path) as f:
-            return {k: f[k] for k in ("images", "labels", "features", "logits")}
+            return {k: f[k] for k in ("images", "labels", "features", "logits", "undecodable") if k != "undecodable" or k in f}
     except Exception:  # noqa: BLE001 - unreadable chunk: regenerate it
         return None
 
@@ -258,7 +258,8 @@ def evaluate_generator(
         seconds["features"] += time.perf_counter() - t1
         steps.append(res.stats.candidate_passes / max(res.stats.images, 1) if "search" in run else res.stats.forward_passes_per_image)
         _save_chunk(chunks_dir / f"{i:06d}.npz", images=images.numpy(), labels=lab.numpy(),
-                    features=feats.cpu().numpy(), logits=logits.cpu().numpy())  # fmt: skip
+                    features=feats.cpu().numpy(), logits=logits.cpu().numpy(),
+                    undecodable=np.array(res.stats.undecodable))  # fmt: skip
         bar.update(1)
     bar.close()
     barrier(dist)
@@ -277,6 +278,9 @@ def evaluate_generator(
     save_samples_npz(out / "samples.npz", images, got_labels)
     report = {**run, "num_samples": len(feats)}
     report.update(score_features(feats, logits, reference, kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, pr_k=pr_k))
+    if getattr(pipe.tokenizer, "may_fail_to_decode", False):  # a codec: generated streams that are no valid file are blank
+        bad = sum(int(c.get("undecodable", 0)) for c in parts)
+        report["undecodable"], report["decode_rate"] = bad, 1 - bad / len(feats)
     if extractor.name == "mnist":
         report["class_accuracy"] = float((logits.argmax(1) == got_labels).double().mean())
     if todo and dist.world_size == 1:  # timings of this process's work (absent when everything was resumed)

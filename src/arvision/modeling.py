@@ -250,7 +250,7 @@ def _version() -> str:
 
 
 # What `eval generator --record` keeps in a model card (the rest stays in the run's report.json).
-CARD_METRICS = ("fid", "kid", "kid_std", "is", "precision", "recall", "class_accuracy", "num_samples")
+CARD_METRICS = ("fid", "kid", "kid_std", "is", "precision", "recall", "class_accuracy", "num_samples", "decode_rate", "undecodable")
 
 
 def check_card_writable(name_or_path: str | os.PathLike) -> Path:

@@ -221,7 +221,9 @@ class Pipeline:
                     images.append(imgs)
                     scores.append(sc)
                 elif decode_images:  # the order says how its finished state becomes images (FlexVAR: at the schedule's size)
-                    images.append(self.generator.order_class(self.generator, self.tokenizer).images(out.state))
+                    imgs, ok = self.generator.order_class(self.generator, self.tokenizer).images_ok(out.state)
+                    images.append(imgs)
+                    out.stats.undecodable += int((~ok).sum())
                 tokens.append(out.tokens)
                 stats += out.stats
         self.last_stats = stats

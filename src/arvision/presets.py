@@ -437,3 +437,30 @@ GENERATOR_PRESETS["mnist-ctf"] = GeneratorPreset(
     GeneratorTrainConfig(steps=2000, batch_size=64, lr=2e-3), SamplingConfig(cfg=2.0),
     {"num_coarse": 32, "fine_depth": 2},
 )  # fmt: skip
+
+
+# JPEG-LM: bytes of JPEG files
+# The tokens are the bytes of each image's canonical JPEG file (Pillow, fixed quality; the shared header is stored
+# once in the tokenizer), then END and PAD (tokenizers/jpeg.py); raster next-token over the 1-D byte sequence.
+from arvision.generators.sequence import SequenceGenerator  # noqa: E402
+from arvision.tokenizers.jpeg import JpegConfig, JpegTokenizer  # noqa: E402
+
+TOKENIZER_PRESETS["tiny-jpeg"] = TokenizerPreset(
+    "tiny JPEG byte tokenizer for tests (8x8 grayscale, quality 25, at most 39 bytes + END)", JpegTokenizer,
+    JpegConfig(image_size=8, quality=25, max_len=40), _TINY_TRAIN.replace(restart_every=0),
+)
+TOKENIZER_PRESETS["mnist-jpeg-codec"] = TokenizerPreset(
+    "MNIST JPEG byte tokenizer: the scan bytes of each 28x28 image's JPEG file (Pillow, quality 25, baseline, standard "
+    "Huffman tables; the 328-byte header is shared), then END and PAD: at most 199 bytes + END",
+    JpegTokenizer, JpegConfig(image_size=28, quality=25, max_len=200), TokenizerTrainConfig(restart_every=0),
+)
+GENERATOR_PRESETS["tiny-jpeg"] = GeneratorPreset(
+    "tiny JPEG-LM generator for tests (raster next-token over JPEG bytes, PAD after END)", SequenceGenerator,
+    llamagen_backbone(2, 32, 2), "tiny-jpeg", _TINY_GEN_TRAIN, SamplingConfig(cfg=2.0),
+)
+GENERATOR_PRESETS["mnist-jpeg"] = GeneratorPreset(
+    "MNIST class-conditional JPEG-LM generator: raster next-token over the bytes of JPEG files (mnist-jpeg's codec "
+    "tokenizer, quality 25, up to 200 tokens, PAD after END)",
+    SequenceGenerator, llamagen_backbone(4, 128, 4), "mnist-jpeg",
+    GeneratorTrainConfig(steps=1100, batch_size=64, lr=2e-3), SamplingConfig(cfg=2.0),
+)

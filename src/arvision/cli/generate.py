@@ -177,6 +177,8 @@ def run(args: argparse.Namespace) -> int:
     s = out.stats
     search = "" if out.scores is None else (f", search: {s.candidate_passes / s.images:.1f} candidate passes/image, "
                                              f"mean reward {out.scores.mean():.4f}")  # fmt: skip
+    if s.undecodable:  # a codec tokenizer (JPEG bytes): streams that are no valid file are drawn blank
+        search += f", {s.undecodable} of {s.images} token streams did not decode (drawn blank)"
     print(f"{s.images} images in {s.seconds:.2f} s ({1000 * s.seconds_per_image:.1f} ms/image, "
           f"{s.forward_passes_per_image:.2f} forward passes/image{search}) -> {path}")  # fmt: skip
     return 0

@@ -69,8 +69,13 @@ def run_info(args: argparse.Namespace) -> int:
         rows += [
             ("images", f"{c.image_size}x{c.image_size}, {c.in_channels} channel(s), values in [-1, 1]"),
             ("tokens", f"{model.num_tokens} per image: {model.layout.describe()}"
-                       + (f", codebook {c.codebook_size} x {c.codebook_dim}" if c.codebook_size else "")),
+                       + (f", codebook {c.codebook_size} x {c.codebook_dim}" if getattr(c, "codebook_size", 0) else "")),
         ]
+        if "streams" in info:  # a codec (JPEG bytes): stream lengths on its training images
+            st = info["streams"]
+            rows.append(("streams", f"quality {st.get('quality')}: {st.get('mean_bytes')} bytes on average "
+                                    f"({model.bits_per_image():.0f} bits), at most {st.get('max_bytes')}, "
+                                    f"{st.get('too_long')} of {st.get('images')} too long"))  # fmt: skip
         if hasattr(c, "patch_nums"):
             rows.append(("scales", ", ".join(f"{p}x{p}" for p in c.patch_nums)))
     training = info.get("training") or {}

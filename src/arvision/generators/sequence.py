@@ -9,6 +9,10 @@ sequence rather than a picture: 1-D latent tokens (TiTok/FlexTok), codec bytes.
 prefix (FlexTok's nested dropout: fewer tokens, a coarser image) the number of tokens, and so of
 forward passes, is chosen at sampling time.
 
+Sequences of variable length (``end_id``/``pad_id`` from the tokenizer's layout, JPEG bytes): every
+token after a row's first ``end_id`` is ``pad_id``, whatever the model samples there, so a sampled
+sequence is always a valid end-padded sequence.
+
 Legend: B batch, L tokens of the layout, k tokens generated, C width, V vocabulary, Dh head width.
 """
 
@@ -37,11 +41,15 @@ class SequenceConfig(GeneratorConfig):
         positions: "rope1d" (1-D rotary embedding; the class token is position 0, token i is
             position i + 1) or "learned" absolute embeddings.
         rope_base: RoPE's frequency base.
+        end_id, pad_id: variable-length sequences: after ``end_id`` only ``pad_id`` is sampled
+            (None: fixed length).
     """
 
     seq_len: int = 16
     positions: str = "rope1d"
     rope_base: float = 10000.0
+    end_id: int | None = None
+    pad_id: int | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -51,6 +59,12 @@ class SequenceConfig(GeneratorConfig):
             raise ValueError(f"positions must be one of {POSITIONS}, got {self.positions!r}")
         if self.uses_rope and self.transformer.head_dim % 2:
             raise ValueError(f"1-D RoPE rotates pairs of channels: head_dim must be even, got {self.transformer.head_dim}")
+        if (self.end_id is None) != (self.pad_id is None):
+            raise ValueError("end_id and pad_id go together (a sequence is padded after its end token); set both or neither")
+        for name in ("end_id", "pad_id"):
+            v = getattr(self, name)
+            if v is not None and not 0 <= v < self.vocab_size:
+                raise ValueError(f"{name}={v} is not a token id: use one of 0..{self.vocab_size - 1}")
 
     @property
     def uses_rope(self) -> bool:
@@ -86,6 +100,19 @@ class SequenceOrder(NextTokenOrder):
         return DecodeState(tokens_BL=state.tokens_BL[:, :k].clone(), known_BL=state.known_BL[:, :k].clone(),
                            open_BL=state.open_BL[:, :k].clone())  # fmt: skip
 
+    def update(self, state: DecodeState, step: Step, logits_BTV: Tensor, sampler) -> None:
+        """Sample the step's tokens; then, for variable-length sequences, every decided token after a
+        row's first end token becomes padding (tokens fixed by the caller stay as they are)."""
+        super().update(state, step, logits_BTV, sampler)
+        c = self.generator.config
+        if c.end_id is None:
+            return
+        t = state.tokens_BL
+        is_end = (t == c.end_id).long()
+        after_end = (is_end.cumsum(1) - is_end) > 0  # an end token lies strictly before the position
+        force = after_end & ~state.open_BL & ~state.known_BL
+        t[force] = c.pad_id
+
 
 @register_model
 class SequenceGenerator(NextTokenGenerator):
@@ -96,7 +123,7 @@ class SequenceGenerator(NextTokenGenerator):
     config: SequenceConfig
     order_class = SequenceOrder
     layout_kind = "sequence"
-    layout_map = {"seq_len": "length"}
+    layout_map = {"seq_len": "length", "end_id": "end_id", "pad_id": "pad_id"}
 
     @property
     def num_tokens(self) -> int:
@@ -106,6 +133,20 @@ class SequenceGenerator(NextTokenGenerator):
         """(1 + L, Dh/2, 2): the class token at position 0 (no rotation), token i at position i + 1."""
         c = self.config
         return rope_1d_table(c.seq_len + 1, c.transformer.head_dim, c.rope_base)
+
+    def training_inputs(self, tokens_BL: Tensor, labels_B: Tensor, tokenizer,
+                        generator: torch.Generator | None = None) -> tuple[dict, dict]:  # fmt: skip
+        """Variable-length sequences: the batch is cut after its last non-padding token (the
+        padding columns every row shares carry no loss worth their compute)."""
+        c = self.config
+        if c.pad_id is None:
+            return super().training_inputs(tokens_BL, labels_B, tokenizer, generator)
+        used = (tokens_BL != c.pad_id).any(0).nonzero()
+        k = int(used[-1]) + 1 if used.numel() else 1
+        return {"tokens_BL": tokens_BL[:, :k], "labels_B": labels_B}, {"length": k}
+
+    def training_loss(self, logits_BLV: Tensor, tokens_BL: Tensor, extra: dict) -> tuple[Tensor, Tensor]:
+        return self.loss(logits_BLV, tokens_BL[:, : extra.get("length", tokens_BL.shape[1])])
 
     def check_num_tokens(self, k: int | None) -> int:
         """The number of tokens to generate (None = all L), or a clear error."""

@@ -40,6 +40,7 @@ class SamplingStats:
     passes_until_done: int = 0  # summed over images: target passes until each image was complete
     candidate_passes: int = 0  # forward passes x the rows (candidate images) each computed: the compute of a search
     reward_evaluations: int = 0  # images a test-time search scored (partial or final)
+    undecodable: int = 0  # images whose tokens the tokenizer could not decode (a codec: no valid JPEG stream); blank
 
     def __iadd__(self, other: "SamplingStats") -> "SamplingStats":
         for k, v in asdict(other).items():

@@ -220,6 +220,14 @@ class Order:
         the resolution, and the finest scale's codes are in the state)."""
         return self.tokenizer.decode(state.tokens_BL)
 
+    def images_ok(self, state: DecodeState) -> tuple[Tensor, Tensor]:
+        """:meth:`images` and which of them decoded, (B,) bool. A codec tokenizer (JPEG bytes) can be
+        handed tokens that are no valid stream: it decodes them to blank images and says which."""
+        if getattr(self.tokenizer, "may_fail_to_decode", False):
+            return self.tokenizer.decode(state.tokens_BL, return_ok=True)
+        images = self.images(state)
+        return images, torch.ones(images.shape[0], dtype=torch.bool, device=images.device)
+
 
 # -- masked decoding: shared by the masked order and refinement inside a scale -------------------
 def _still_masked(n: int, steps: int) -> list[int]:

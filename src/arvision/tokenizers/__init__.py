@@ -1,6 +1,7 @@
 """Image tokenizers: images in [-1, 1] <-> int64 token ids (or continuous tokens, KL)."""
 
 from arvision.tokenizers.base import AutoencoderConfig, Tokenizer, TokenizerOutput
+from arvision.tokenizers.jpeg import JpegConfig, JpegTokenizer
 from arvision.tokenizers.kl import KLConfig, KLTokenizer
 from arvision.tokenizers.layout import TokenLayout
 from arvision.tokenizers.multiscale import MultiScaleVQConfig, MultiScaleVQTokenizer
@@ -10,7 +11,8 @@ from arvision.tokenizers.tokenbridge import TokenBridgeConfig, TokenBridgeTokeni
 from arvision.tokenizers.vq import VQConfig, VQTokenizer
 
 __all__ = [
-    "AutoencoderConfig", "KLConfig", "KLTokenizer", "MultiScaleQuantizer", "MultiScaleVQConfig", "MultiScaleVQTokenizer", "OneDimConfig", "OneDimTokenizer",
+    "AutoencoderConfig", "JpegConfig", "JpegTokenizer", "KLConfig", "KLTokenizer", "MultiScaleQuantizer", "MultiScaleVQConfig",
+    "MultiScaleVQTokenizer", "OneDimConfig", "OneDimTokenizer",
     "QuantizerOutput", "TokenLayout", "Tokenizer", "TokenizerOutput", "VQConfig", "VQTokenizer",
     "VectorQuantizer", "phi_index_table", "TokenBridgeConfig", "TokenBridgeTokenizer",
 ]  # fmt: skip

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, ClassVar, Sequence
 
 import torch
 from PIL import Image
@@ -111,6 +111,10 @@ class Tokenizer(PretrainedModel):
 
     config: AutoencoderConfig
     alignment_hook: AlignmentHook | None = None
+    # A codec (JPEG bytes) can be handed token sequences that are no valid stream; it then decodes
+    # them to blank images and says which with ``decode(tokens, return_ok=True)``. Learned
+    # tokenizers decode every sequence.
+    may_fail_to_decode: ClassVar[bool] = False
 
     def __init__(self, config: AutoencoderConfig) -> None:
         super().__init__(config)
@@ -233,6 +237,11 @@ class Tokenizer(PretrainedModel):
     # -- PIL helpers ----------------------------------------------------------------------------
     def _device(self) -> torch.device:
         return next(self.parameters()).device
+
+    @property
+    def device(self) -> torch.device:
+        """Where the tokenizer runs (a codec without parameters says it through a buffer)."""
+        return self._device()
 
     def pil_to_images(self, pictures: Sequence[Image.Image]) -> Tensor:
         """Resize + centre-crop PIL images to the tokenizer's size; (B, C, S, S) in [-1, 1]."""

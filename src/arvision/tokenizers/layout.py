@@ -8,6 +8,9 @@ against it without knowing the tokenizer's class.
   its own, not a residual (FlexVAR), so a generator may pick any subset of sides;
 * ``sequence``: a 1-D sequence of ``length`` tokens (room for TiTok/FlexTok, JPEG bytes).
 
+``end_id``/``pad_id`` (sequences of variable length, JPEG bytes): a sequence ends with the token
+``end_id`` and every token after it is ``pad_id``; None = every token counts.
+
 ``continuous``: the tokens are ``code_dim``-dimensional float vectors (B, L, code_dim) instead
 of ids (a KL autoencoder's latents, MAR); ``vocab_size`` is then 0. ``channel_bins`` > 0: every
 token is ``code_dim`` ids (B, L, code_dim), one per latent channel, each in 0..channel_bins-1
@@ -38,10 +41,18 @@ class TokenLayout:
     code_dim: int = 0
     continuous: bool = False
     channel_bins: int = 0
+    end_id: int | None = None
+    pad_id: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"token layout kind must be one of {KINDS}, got {self.kind!r}")
+        if (self.end_id is None) != (self.pad_id is None):
+            raise ValueError("end_id and pad_id go together: a sequence that ends early is padded after its end token")
+        if self.end_id is not None and not (0 <= self.end_id < self.vocab_size and 0 <= self.pad_id < self.vocab_size
+                                            and self.end_id != self.pad_id):  # fmt: skip
+            raise ValueError(f"end_id and pad_id must be two different ids in 0..{self.vocab_size - 1}, "
+                             f"got {self.end_id} and {self.pad_id}")  # fmt: skip
         if (self.continuous or self.channel_bins) and self.code_dim < 1:
             raise ValueError("continuous or channel-quantized tokens need code_dim >= 1 (the token's width)")
 
@@ -76,7 +87,8 @@ class TokenLayout:
         if self.kind in SCALE_KINDS:
             kind = "independently quantized token scales" if self.kind == "flex-scales" else "token scales"
             return f"{kind} {'/'.join(map(str, self.scales))}{what}"
-        return f"a sequence of {self.length} tokens{what}"
+        ends = " (at most; an end token, then padding)" if self.end_id is not None else ""
+        return f"a sequence of {self.length} tokens{what}{ends}"
 
     def token_mask(self, mask_B1HW: Tensor) -> Tensor:
         """(B, L) bool: the tokens to regenerate for a pixel mask (True = regenerate).

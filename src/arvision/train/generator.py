@@ -68,7 +68,7 @@ def encode_dataset(tokenizer: Tokenizer, data: str, cache: Path, *, tokenizer_id
         num_classes, labels = 1, torch.zeros_like(labels)
     elif (labels < 0).any():
         raise ValueError(f"{data}: some images are not in a class sub-folder; put every image in one")
-    device = next(tokenizer.parameters()).device
+    device = tokenizer.device
     chunks = []
     with torch.no_grad():
         for x in tqdm(ordered_batches(ds, 512), total=-(-len(ds) // 512), desc="encoding dataset", disable=not progress):

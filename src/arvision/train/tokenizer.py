@@ -125,7 +125,8 @@ def train_tokenizer(
         base = None if tc.base is None else load(tc.base, device=device)  # the trained tokenizer to quantize
         model.to(device).fit(ordered_batches(train_set, 512), base=base)
         run["seconds"] = time.time() - t0
-        training = {"command": run["command"], "data": run["data"], "fitted_on": tc.base or "the preset's own KL weights"}
+        training = {"command": run["command"], "data": run["data"],
+                    **({"fitted_on": tc.base or "the preset's own KL weights"} if hasattr(model, "kl") else {})}  # a codec has none
         return _finish(model, run, heldout, out, training, eval_limit=eval_limit, progress=progress)
     opt = make_adamw(model, tc, no_decay=lambda name, p: p.ndim < 2 or "embedding" in name)
     restart_rng = torch.Generator().manual_seed(tc.seed + 1)

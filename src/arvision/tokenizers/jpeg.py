@@ -1,0 +1,330 @@
+"""JPEG bytes as tokens (JPEG-LM; Han et al. 2024, "JPEG-LM: LLMs as Image Generators with Canonical
+Codec Representations", arXiv:2408.08459).
+
+An image's tokens are the bytes of its JPEG file, written by Pillow's codec with fixed settings
+(baseline, fixed quality, standard Huffman tables, no optimisation), so that every image has one
+canonical byte stream. Everything up to and including the start-of-scan segment (quantization and
+Huffman tables, frame and scan headers) is the same for every image of one size and quality: it is
+stored once, in the tokenizer (the ``header`` buffer of ``model.safetensors``), and the tokens are
+the entropy-coded scan bytes and the end-of-image marker (FF D9), then END, then PAD up to
+``max_len``. Streams have different lengths (MNIST at quality 25: 116 bytes on average, at most 194).
+
+A generated sequence need not be a JPEG file. :meth:`JpegTokenizer.decode` never raises on bad
+tokens: a sequence without END, with PAD before END, or whose scan is not exactly the image's blocks
+(:func:`check_scan` walks the entropy-coded data with the header's Huffman tables, so a truncated
+or corrupt scan, which libjpeg would silently fill with grey, is caught) decodes to a blank image,
+and ``decode(..., return_ok=True)`` says which rows decoded (the pipeline counts the others in
+``SamplingStats.undecodable``). There is no network and nothing to train: :meth:`fit` only records
+the stream lengths of the training images (``bits_per_image``).
+
+Legend: B batch, C channels (1), S image side, L tokens (``max_len``).
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from typing import Iterable
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile
+from torch import Tensor
+
+from arvision.config import Config
+from arvision.modeling import register_model
+from arvision.tokenizers.base import Tokenizer
+from arvision.tokenizers.layout import TokenLayout
+
+NUM_BYTES = 256
+EOI = b"\xff\xd9"
+SOS = 0xDA
+
+
+@dataclass(frozen=True, kw_only=True)
+class JpegConfig(Config):
+    """Args:
+        image_size: side S of the (square, grayscale) images.
+        in_channels: 1 (only grayscale streams are supported).
+        quality: Pillow's JPEG quality (1-95): sets the quantization tables, so the stream length.
+        max_len: L, tokens per image: the longest stream (scan bytes + FF D9) plus the END token.
+    """
+
+    image_size: int = 28
+    in_channels: int = 1
+    quality: int = 25
+    max_len: int = 200
+
+    def __post_init__(self) -> None:
+        if self.in_channels != 1:
+            raise ValueError(f"the JPEG tokenizer codes grayscale images (in_channels=1), got in_channels={self.in_channels}")
+        if not 8 <= self.image_size <= 4096:
+            raise ValueError(f"image_size must be in 8..4096 pixels, got {self.image_size}")
+        if not 1 <= self.quality <= 95:
+            raise ValueError(f"quality must be in 1..95 (Pillow's JPEG quality), got {self.quality}")
+        if self.max_len < 3:
+            raise ValueError(f"max_len must be >= 3 tokens (FF D9 and END at least), got {self.max_len}")
+
+    @property
+    def end_id(self) -> int:
+        return NUM_BYTES
+
+    @property
+    def pad_id(self) -> int:
+        return NUM_BYTES + 1
+
+    @property
+    def vocab_size(self) -> int:
+        return NUM_BYTES + 2
+
+
+def jpeg_bytes(image_SS: np.ndarray, quality: int) -> bytes:
+    """The canonical JPEG file of a uint8 (S, S) image: baseline, fixed quality, standard tables."""
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image_SS, dtype=np.uint8)).save(buf, format="JPEG", quality=quality, optimize=False, progressive=False)
+    return buf.getvalue()
+
+
+def split_header(data: bytes) -> tuple[bytes, bytes]:
+    """(header up to and including the SOS segment, scan bytes + EOI) of a JPEG file."""
+    i = 2  # after SOI
+    while i + 4 <= len(data) and data[i] == 0xFF:
+        length = int.from_bytes(data[i + 2 : i + 4], "big")
+        if data[i + 1] == SOS:
+            return data[: i + 2 + length], data[i + 2 + length :]
+        i += 2 + length
+    raise ValueError("not a baseline JPEG file: no start-of-scan segment found")
+
+
+@dataclass(frozen=True)
+class ScanSpec:
+    """What checking a single-component baseline scan needs from the header: the block count and
+    the DC and AC Huffman codes (a dict from the code as a bit string to its symbol)."""
+
+    blocks: int
+    dc: dict[str, int]
+    ac: dict[str, int]
+
+
+def _huffman_codes(bits: bytes, values: bytes) -> dict[str, int]:
+    """Canonical Huffman codes (JPEG Annex C) from the 16 code-length counts and the symbols."""
+    codes, code, k = {}, 0, 0
+    for length in range(1, 17):
+        for _ in range(bits[length - 1]):
+            codes[format(code, f"0{length}b")] = values[k]
+            code, k = code + 1, k + 1
+        code <<= 1
+    return codes
+
+
+def parse_header(header: bytes) -> ScanSpec:
+    """The frame size and the scan's Huffman tables from a grayscale baseline header."""
+    tables: dict[tuple[int, int], dict[str, int]] = {}
+    size = ids = None
+    i = 2
+    while i + 4 <= len(header):
+        marker, length = header[i + 1], int.from_bytes(header[i + 2 : i + 4], "big")
+        seg = header[i + 4 : i + 2 + length]
+        if marker == 0xC4:  # DHT: one or more tables
+            j = 0
+            while j < len(seg):
+                tc_th, bits = seg[j], seg[j + 1 : j + 17]
+                n = sum(bits)
+                tables[(tc_th >> 4, tc_th & 15)] = _huffman_codes(bits, seg[j + 17 : j + 17 + n])
+                j += 17 + n
+        elif marker == 0xC0:  # SOF0: precision, height, width, components
+            size = (int.from_bytes(seg[1:3], "big"), int.from_bytes(seg[3:5], "big"))
+            if seg[5] != 1:
+                raise ValueError(f"the JPEG tokenizer checks single-component (grayscale) scans, the frame has {seg[5]}")
+        elif marker == SOS:
+            ids = (seg[2] >> 4, seg[2] & 15)
+        i += 2 + length
+    if size is None or ids is None:
+        raise ValueError("the JPEG header has no baseline frame (SOF0) or no scan (SOS) segment")
+    blocks = -(-size[0] // 8) * -(-size[1] // 8)
+    return ScanSpec(blocks=blocks, dc=tables[(0, ids[0])], ac=tables[(1, ids[1])])
+
+
+def check_scan(scan: bytes, spec: ScanSpec) -> bool:
+    """Whether ``scan`` (entropy-coded bytes + FF D9) codes exactly ``spec.blocks`` 8x8 blocks.
+
+    Every FF inside the data must be a stuffed FF 00 (no other marker); the Huffman codes must be
+    valid and every block end within its 64 coefficients; after the last block only the 1-bits that
+    pad the final byte may remain. libjpeg accepts a short or corrupt scan with a warning and fills
+    the rest with grey, so this is what tells a complete stream from a partial one.
+    """
+    if len(scan) < 2 or not scan.endswith(EOI):
+        return False
+    data = scan[:-2]
+    if data.count(b"\xff") != data.count(b"\xff\x00") or data.endswith(b"\xff"):
+        return False
+    bits = "".join(format(b, "08b") for b in data.replace(b"\xff\x00", b"\xff"))
+    pos, n = 0, len(bits)
+
+    def symbol(codes: dict[str, int]) -> int | None:
+        nonlocal pos
+        for length in range(1, 17):
+            sym = codes.get(bits[pos : pos + length])
+            if sym is not None and pos + length <= n:
+                pos += length
+                return sym
+        return None
+
+    for _ in range(spec.blocks):
+        size = symbol(spec.dc)
+        if size is None or size > 11 or pos + size > n:
+            return False
+        pos += size
+        k = 1
+        while k < 64:
+            rs = symbol(spec.ac)
+            if rs is None:
+                return False
+            run, size = rs >> 4, rs & 15
+            if size == 0:
+                if run == 0:  # end of block
+                    break
+                if run != 15:
+                    return False
+                k += 16  # sixteen zeros
+                if k > 64:
+                    return False
+                continue
+            k += run
+            if k > 63 or pos + size > n:
+                return False
+            pos += size
+            k += 1
+    rest = bits[pos:]
+    return len(rest) < 8 and set(rest) <= {"1"}
+
+
+@register_model
+class JpegTokenizer(Tokenizer):
+    """Grayscale images (B, 1, S, S) <-> the bytes of their canonical JPEG files (B, L), END, PAD."""
+
+    model_type = "jpeg_tokenizer"
+    config_class = JpegConfig
+    config: JpegConfig
+    may_fail_to_decode = True
+
+    def __init__(self, config: JpegConfig) -> None:
+        super(Tokenizer, self).__init__(config)  # a codec: no conv stacks, no codebook
+        header, _ = split_header(jpeg_bytes(np.zeros((config.image_size, config.image_size), np.uint8), config.quality))
+        self.register_buffer("header", torch.frombuffer(bytearray(header), dtype=torch.uint8).clone())
+        self._spec = parse_header(header)
+
+    # -- layout ---------------------------------------------------------------------------------
+    @property
+    def codebook_size(self) -> int:
+        return self.config.vocab_size
+
+    @property
+    def end_id(self) -> int:
+        return self.config.end_id
+
+    @property
+    def pad_id(self) -> int:
+        return self.config.pad_id
+
+    @property
+    def layout(self) -> TokenLayout:
+        c = self.config
+        return TokenLayout("sequence", c.vocab_size, length=c.max_len, end_id=c.end_id, pad_id=c.pad_id)
+
+    def _device(self) -> torch.device:
+        return self.header.device
+
+    def header_bytes(self) -> bytes:
+        return bytes(self.header.cpu().tolist())
+
+    # -- streams --------------------------------------------------------------------------------
+    def streams(self, images: Tensor) -> list[bytes]:
+        """The scan bytes + FF D9 of each image's canonical JPEG file (a clear error if Pillow writes
+        another header than the stored one, e.g. a Pillow with other default tables)."""
+        self.check_images(images)
+        pixels = ((images[:, 0].detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+        header, out = self.header_bytes(), []
+        for p in pixels:
+            head, scan = split_header(jpeg_bytes(p, self.config.quality))
+            if head != header:
+                raise ValueError("Pillow wrote another JPEG header than the one stored in this tokenizer (another Pillow "
+                                 "version or quality): rebuild the tokenizer with this Pillow")  # fmt: skip
+            out.append(scan)
+        return out
+
+    @torch.no_grad()
+    def encode(self, images: Tensor) -> Tensor:
+        """Images (B, 1, S, S) in [-1, 1] -> ids (B, L): the stream's bytes, END, then PAD. A stream
+        longer than L - 1 bytes is cut to L bytes with no END (it decodes as a failure); size
+        ``max_len`` on the training set (:meth:`fit` counts them)."""
+        L = self.config.max_len
+        tokens = torch.full((images.shape[0], L), self.pad_id, dtype=torch.long)
+        for i, scan in enumerate(self.streams(images)):
+            row = list(scan[:L]) + ([self.end_id] if len(scan) < L else [])
+            tokens[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        return tokens.to(self._device())
+
+    def stream_of(self, tokens_L: list[int]) -> bytes | None:
+        """The JPEG file of one token row, or None when the row is no stream (no END, PAD before END)."""
+        end = self.end_id
+        if end not in tokens_L:
+            return None
+        body = tokens_L[: tokens_L.index(end)]
+        if any(t >= NUM_BYTES for t in body):
+            return None
+        return self.header_bytes() + bytes(body)
+
+    def decode_stream(self, data: bytes | None) -> np.ndarray | None:
+        """The (S, S) uint8 image of a JPEG file, or None when it is not a complete valid stream."""
+        if data is None or not check_scan(data[len(self.header) :], self._spec):
+            return None
+        S = self.config.image_size
+        assert not ImageFile.LOAD_TRUNCATED_IMAGES, "truncated JPEG streams must fail, not be padded with grey"
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # a warning of the decoder is a failure too
+                with Image.open(io.BytesIO(data)) as im:
+                    im.load()
+                    if im.size != (S, S) or im.mode != "L":
+                        return None
+                    return np.asarray(im, dtype=np.uint8).copy()
+        except Exception:  # noqa: BLE001 - Pillow raises many kinds on bad data; any of them means "does not decode"
+            return None
+
+    @torch.no_grad()
+    def decode(self, tokens: Tensor, *, return_ok: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """Ids (B, L) -> images (B, 1, S, S) in [-1, 1]. A row that is no valid stream becomes a blank
+        (black, -1) image; with ``return_ok`` also (B,) bool: which rows decoded."""
+        self.check_tokens(tokens)
+        S = self.config.image_size
+        out = np.zeros((tokens.shape[0], S, S), np.uint8)
+        ok = torch.zeros(tokens.shape[0], dtype=torch.bool)
+        for i, row in enumerate(tokens.cpu().tolist()):
+            img = self.decode_stream(self.stream_of(row))
+            if img is not None:
+                out[i], ok[i] = img, True
+        images = (torch.from_numpy(out).float().div(127.5).sub(1)).unsqueeze(1).to(self._device())
+        return (images, ok.to(self._device())) if return_ok else images
+
+    # -- fitting (no gradients): the stream lengths of the training images ------------------------
+    @torch.no_grad()
+    def fit(self, images: Iterable[Tensor], *, base: None = None) -> "JpegTokenizer":
+        """Record the stream lengths of ``images`` (batches (B, 1, S, S) in [-1, 1]) in
+        ``info["streams"]``: mean and longest stream in bytes, how many do not fit ``max_len``."""
+        if base is not None:
+            raise ValueError("the JPEG tokenizer has no weights to take from a base tokenizer: leave base unset")
+        lengths = [len(s) for x in images for s in self.streams(x)]
+        if not lengths:
+            raise ValueError("no images to fit on: the dataset is empty")
+        self.info["streams"] = {"images": len(lengths), "mean_bytes": round(sum(lengths) / len(lengths), 3),
+                                "max_bytes": max(lengths), "too_long": sum(n >= self.config.max_len for n in lengths),
+                                "quality": self.config.quality}  # fmt: skip
+        return self
+
+    def bits_per_image(self) -> float | None:
+        """8 bits per byte of the mean stream (scan bytes + FF D9) of the training images; None
+        before :meth:`fit` (the header is shared by every image and not counted)."""
+        mean = self.info.get("streams", {}).get("mean_bytes")
+        return None if mean is None else 8 * float(mean)

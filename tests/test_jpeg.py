@@ -1,0 +1,189 @@
+"""JPEG-LM (tokenizers/jpeg.py): canonical byte streams of real JPEG files, END/PAD layout, decoding
+that counts the streams it cannot decode and never raises, and PAD after END in sampling."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from arvision.data import get_dataset
+from arvision.evaluate import ordered_batches
+from arvision.generators import SequenceConfig, SequenceGenerator
+from arvision.modeling import load_model
+from arvision.pipeline import Pipeline
+from arvision.presets import GENERATOR_PRESETS, TOKENIZER_PRESETS, llamagen_backbone
+from arvision.samplers import SamplingConfig, decode
+from arvision.tokenizers import JpegConfig, JpegTokenizer, TokenLayout
+from arvision.tokenizers.jpeg import check_scan, jpeg_bytes, parse_header, split_header
+
+
+@pytest.fixture(scope="module")
+def tok() -> JpegTokenizer:
+    return JpegTokenizer(TOKENIZER_PRESETS["mnist-jpeg-codec"].config).eval()
+
+
+@pytest.fixture(scope="module")
+def digits() -> torch.Tensor:
+    ds = get_dataset("mnist", split="test", image_size=28, channels=1)
+    return next(ordered_batches(ds, 64))  # (64, 1, 28, 28) in [-1, 1]
+
+
+def pixels(x: torch.Tensor) -> np.ndarray:
+    return ((x[0].float() + 1) * 127.5).round().to(torch.uint8).numpy()
+
+
+def test_streams_are_canonical_and_the_header_is_shared(tok: JpegTokenizer, digits: torch.Tensor) -> None:
+    files = [jpeg_bytes(pixels(x), 25) for x in digits]
+    assert files == [jpeg_bytes(pixels(x), 25) for x in digits]  # same image, same bytes
+    assert {split_header(f)[0] for f in files} == {tok.header_bytes()}  # one header for every image, the stored one
+    assert len(tok.header_bytes()) == 328
+    assert tok.streams(digits) == [split_header(f)[1] for f in files]
+    assert torch.equal(tok.encode(digits), tok.encode(digits.clone()))
+
+
+def test_decode_equals_pillows_own_round_trip(tok: JpegTokenizer, digits: torch.Tensor) -> None:
+    images, ok = tok.decode(tok.encode(digits), return_ok=True)
+    assert ok.all() and images.shape == digits.shape
+    for x, y in zip(digits, images):
+        ref = np.asarray(Image.open(io.BytesIO(jpeg_bytes(pixels(x), 25))).convert("L"))
+        assert np.array_equal(pixels(y), ref)
+    assert tok.decode(tok.encode(digits)).sub(digits).abs().mean() < 0.1  # a lossy but close copy
+
+
+def test_tokens_are_bytes_then_end_then_padding(tok: JpegTokenizer, digits: torch.Tensor) -> None:
+    lay = tok.layout
+    assert (lay.kind, lay.vocab_size, lay.length, lay.end_id, lay.pad_id) == ("sequence", 258, 200, 256, 257)
+    tokens = tok.encode(digits)
+    assert tokens.shape == (64, 200) and tokens.dtype == torch.long
+    for row, scan in zip(tokens.tolist(), tok.streams(digits)):
+        n = len(scan)
+        assert bytes(row[:n]) == scan and scan.endswith(b"\xff\xd9")
+        assert row[n] == 256 and set(row[n + 1 :]) <= {257}
+    # a stream longer than max_len is cut, with no END: it decodes as a failure, never as a partial image
+    short = JpegTokenizer(JpegConfig(max_len=40))
+    cut = short.encode(digits[:4])
+    assert (cut != 256).all()
+    assert not short.decode(cut, return_ok=True)[1].any()
+
+
+def test_fit_records_stream_lengths_and_bits(tok: JpegTokenizer, digits: torch.Tensor) -> None:
+    t = JpegTokenizer(tok.config)
+    assert t.bits_per_image() is None
+    t.fit([digits[:32], digits[32:]])
+    lengths = [len(s) for s in tok.streams(digits)]
+    assert t.info["streams"]["mean_bytes"] == pytest.approx(sum(lengths) / 64, abs=1e-3)
+    assert t.info["streams"]["max_bytes"] == max(lengths) and t.info["streams"]["too_long"] == 0
+    assert t.bits_per_image() == pytest.approx(8 * sum(lengths) / 64, abs=1e-2)
+
+
+def test_bad_streams_are_counted_never_raised(tok: JpegTokenizer, digits: torch.Tensor) -> None:
+    good = tok.encode(digits[:8])
+    rows = []
+    for r in good.tolist():
+        n = r.index(256)
+        for cut in (1, 2, 3, 5, n // 2, n - 1):  # truncated (the END moved earlier): libjpeg would fill in grey
+            rows.append(r[: n - cut] + [256] + [257] * (200 - n + cut - 1))
+        rows.append(r[:n] + [257] * (200 - n))  # no END
+        rows.append([257] + r[:n] + [256] + [257] * (200 - n - 2))  # PAD before END
+        rows.append(r[: n - 2] + [0xAB] + r[n - 2 : n] + [256] + [257] * (200 - n - 2))  # a stray byte before EOI
+        rows.append([0xFF, 0xD9, 256] + [257] * 197)  # an empty scan
+    _, ok = tok.decode(torch.tensor(rows), return_ok=True)
+    assert not ok.any()
+    # fuzz: random byte sequences with an END somewhere, and valid streams with a byte flipped
+    g = torch.Generator().manual_seed(0)
+    rand = torch.randint(0, 256, (300, 200), generator=g)
+    ends = torch.randint(1, 200, (300,), generator=g)
+    for i, e in enumerate(ends.tolist()):
+        rand[i, e], rand[i, e + 1 :] = 256, 257
+    images, ok = tok.decode(rand, return_ok=True)
+    assert not ok.any() and torch.equal(images, torch.full_like(images, -1.0))  # blank images
+    flipped = good.repeat(20, 1)
+    n = (flipped != 257).sum(1) - 1
+    pos = (torch.rand(len(flipped), generator=g) * n).long()
+    flipped[torch.arange(len(flipped)), pos] = torch.randint(0, 256, (len(flipped),), generator=g)
+    images, ok = tok.decode(flipped, return_ok=True)  # some still decode (a flip may give another valid stream)
+    assert ok.dtype == torch.bool and torch.isfinite(images).all()
+    with pytest.raises(ValueError, match=r"token ids must be in \[0, 258\)"):
+        tok.decode(torch.full((1, 200), 300))
+
+
+def test_the_scan_check_accepts_every_real_stream(tok: JpegTokenizer, digits: torch.Tensor) -> None:
+    spec = parse_header(tok.header_bytes())
+    assert spec.blocks == 16
+    assert all(check_scan(s, spec) for s in tok.streams(digits))
+    noise = (torch.rand(16, 1, 28, 28, generator=torch.Generator().manual_seed(1)) * 2 - 1)
+    assert all(check_scan(s, spec) for s in tok.streams(noise))
+
+
+def test_save_load_round_trip(tok: JpegTokenizer, digits: torch.Tensor, tmp_path) -> None:
+    t = JpegTokenizer(tok.config).fit([digits])
+    t.save_pretrained(tmp_path)
+    back = load_model(tmp_path)
+    assert isinstance(back, JpegTokenizer) and back.header_bytes() == t.header_bytes()
+    assert torch.equal(back.encode(digits), t.encode(digits))
+    assert back.bits_per_image() == t.bits_per_image()
+
+
+def test_config_errors_are_clear() -> None:
+    with pytest.raises(ValueError, match="grayscale"):
+        JpegConfig(in_channels=3)
+    with pytest.raises(ValueError, match="quality must be in 1..95"):
+        JpegConfig(quality=100)
+    with pytest.raises(ValueError, match="end_id and pad_id go together"):
+        TokenLayout("sequence", 10, length=4, end_id=8)
+    with pytest.raises(ValueError, match="end_id=12 is not a token id"):
+        SequenceConfig(transformer=llamagen_backbone(2, 32, 2), vocab_size=10, num_classes=10, end_id=12, pad_id=9)
+
+
+def test_sampling_pads_after_the_end_token() -> None:
+    lay = TokenLayout("sequence", 10, length=16, end_id=8, pad_id=9)
+    torch.manual_seed(0)
+    gen = SequenceGenerator(SequenceGenerator.config_for(lay, transformer=llamagen_backbone(2, 32, 2), num_classes=10,
+                                                         head_bias=True)).eval()  # fmt: skip
+    assert (gen.config.end_id, gen.config.pad_id) == (8, 9)
+    with torch.no_grad():
+        gen.head.bias[8] = 2.0  # END often, early
+        gen.head.bias[9] = 1.0  # and PAD too, before END: kept (a stream the tokenizer will refuse)
+    out = decode(gen, None, torch.arange(10).repeat(20), SamplingConfig(cfg=2.0), torch.Generator().manual_seed(0))
+    ended = 0
+    for row in out.tokens.tolist():
+        if 8 in row:
+            ended += 1
+            assert set(row[row.index(8) + 1 :]) <= {9}
+    assert ended > 100
+    # the same model without end/pad ids samples other tokens after END: the padding was forced
+    free = SequenceGenerator(gen.config.replace(end_id=None, pad_id=None)).eval()
+    free.load_state_dict(gen.state_dict())
+    raw = decode(free, None, torch.arange(10).repeat(20), SamplingConfig(cfg=2.0), torch.Generator().manual_seed(0)).tokens
+    assert any(8 in r and set(r[r.index(8) + 1 :]) - {9} for r in raw.tolist())
+    # editing: tokens fixed by the caller stay, even after an END
+    prior = torch.full((2, 16), 3)
+    prior[:, 2] = 8
+    known = torch.zeros(2, 16, dtype=torch.bool)
+    known[:, [2, 5]] = True
+    out = decode(gen, None, torch.tensor([1, 2]), SamplingConfig(), torch.Generator().manual_seed(0), prior_BL=prior, known_BL=known)
+    assert (out.tokens[:, 5] == 3).all() and (out.tokens[:, 3:5] == 9).all() and (out.tokens[:, 6:] == 9).all()
+
+
+def test_pipeline_counts_streams_that_do_not_decode() -> None:
+    gp, tp = GENERATOR_PRESETS["tiny-jpeg"], TOKENIZER_PRESETS["tiny-jpeg"]
+    tok = JpegTokenizer(tp.config)
+    torch.manual_seed(0)
+    gen = gp.model_class(gp.build_config(tok, 10))
+    pipe = Pipeline(tok, gen)
+    out = pipe.sample([1, 2, 3], 4, seed=0)
+    _, ok = tok.decode(out.tokens, return_ok=True)
+    assert out.stats.undecodable == int((~ok).sum()) > 0  # an untrained model writes no valid JPEG
+    assert (out.images[~ok] == 0).all()  # blank in [0, 1]
+    # teacher-forced real streams all decode
+    x = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    real = tok.encode(x)
+    out = pipe.sample([1, 2, 3], 1, seed=0)
+    from arvision.samplers.loop import decode as run_decode
+    res = run_decode(gen, tok, torch.tensor([1, 2, 3]), SamplingConfig(), prior_BL=real, known_BL=torch.ones_like(real, dtype=torch.bool))
+    images, ok = gen.order_class(gen, tok).images_ok(res.state)
+    assert ok.all() and torch.equal(images, tok.decode(real))
