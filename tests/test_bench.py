@@ -45,6 +45,8 @@ def test_rows_hold_every_figure_and_resume(tiny_dirs, tmp_path, monkeypatch) -> 
     assert [r["psnr"] for r in again] == [r["psnr"] for r in rows]
     with pytest.raises(ValueError, match="other settings"):
         bench_tokenizers(tiny_dirs, limit=20, batch_size=16, out_dir=out, progress=False)
+    with pytest.raises(pytest.fail.Exception, match="measured again"):  # --overwrite measures again (it reused the rows once)
+        bench_tokenizers(tiny_dirs, limit=40, batch_size=16, out_dir=out, overwrite=True, progress=False)
 
 
 def test_interrupted_run_keeps_finished_rows(tiny_dirs, tmp_path, monkeypatch) -> None:

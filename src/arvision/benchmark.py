@@ -21,7 +21,7 @@ from arvision.data import get_dataset
 from arvision.evaluate import evaluate_tokenizer
 from arvision.hub import load_tokenizer
 from arvision.metrics.features import FeatureExtractor, get_feature_extractor
-from arvision.modeling import _REGISTRY, list_models, read_model_config, resolve
+from arvision.modeling import _REGISTRY, list_models, read_model_config, resolve, shipped_models_dir
 from arvision.outputs import check_run_dir, write_json, write_text
 from arvision.plots import scatter_plot
 from arvision.tokenizers import Tokenizer
@@ -40,6 +40,14 @@ def shipped_tokenizers() -> list[str]:
         if cls is not None and issubclass(cls, Tokenizer):
             names.append(name)
     return names
+
+
+def _label(name: str) -> str:
+    """A shipped model's folder (e.g. a generator's tokenizer/) by its short name, anything else as given."""
+    try:
+        return str(Path(name).resolve().relative_to(shipped_models_dir().resolve()))
+    except (ValueError, OSError):
+        return name
 
 
 def _features_for(tok: Tokenizer, kind: str, inception_weights: str | None, device: str,
@@ -69,26 +77,26 @@ def bench_tokenizers(
     """
     if features not in ("auto", "none", "mnist", "inception"):
         raise ValueError(f"features must be auto, none, mnist or inception, got {features!r}")
-    names = list(models) if models else shipped_tokenizers()
+    names = [str(m) for m in models] if models else shipped_tokenizers()
     if not names:
         raise ValueError("no tokenizers to measure: name some (directories or shipped names)")
     settings = {"data": data, "split": split, "limit": limit, "features": features, "batch_size": batch_size}
     done: dict[str, dict] = {}
     out = Path(out_dir) if out_dir is not None else None
-    if out is not None and check_run_dir(out, "--out", overwrite=overwrite, marker=RESULTS, own=("tokenizers.md", "tokenizers.png"),
-                                         what="tokenizer benchmark"):  # fmt: skip
+    resumable = out is not None and check_run_dir(out, "--out", overwrite=overwrite, marker=RESULTS,
+                                                  own=("tokenizers.md", "tokenizers.png"), what="tokenizer benchmark")  # fmt: skip
+    if resumable and not overwrite:
         previous = json.loads((out / RESULTS).read_text())
-        if previous.get("settings") == settings:
-            done = {r["tokenizer"]: r for r in previous.get("rows", [])}
-        elif not overwrite:
+        if previous.get("settings") != settings:
             raise ValueError(f"{out} holds a benchmark with other settings ({previous.get('settings')}); "
                              "pass another --out or --overwrite")  # fmt: skip
-    toks = {name: load_tokenizer(name, device=device) for name in names if name not in done}  # every name checked up front
+        done = {r["tokenizer"]: r for r in previous.get("rows", [])}
+    toks = {name: load_tokenizer(name, device=device) for name in names if _label(name) not in done}  # every name checked up front
     extractors: dict[str, FeatureExtractor] = {}
     rows = []
     for name in names:
-        if name in done:
-            rows.append(done[name])
+        if _label(name) in done:
+            rows.append(done[_label(name)])
             continue
         tok = toks[name]
         c = tok.config
@@ -96,7 +104,7 @@ def bench_tokenizers(
         extractor = _features_for(tok, features, inception_weights, device, extractors)
         t0 = time.time()
         m = evaluate_tokenizer(tok, ds, batch_size=batch_size, limit=limit, progress=progress, features=extractor, timing=True)
-        row = {"tokenizer": name, "tokens": tok.num_tokens, "bits_per_image": tok.bits_per_image(),
+        row = {"tokenizer": _label(name), "tokens": tok.num_tokens, "bits_per_image": tok.bits_per_image(),
                "rfid": next((v for k, v in m.items() if k.startswith("rfid_")), None),
                "rfid_features": extractor.name if extractor else None, "seconds": round(time.time() - t0, 1), **m}  # fmt: skip
         rows.append(row)

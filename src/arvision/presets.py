@@ -134,7 +134,7 @@ TOKENIZER_PRESETS: dict[str, TokenizerPreset] = {
     ),
     "mnist-lfq": TokenizerPreset(
         "MNIST LFQ grid tokenizer: 28x28 grayscale -> 7x7 ids, 8 sign bits per token (256 codes, entropy penalty)",
-        VQTokenizer, VQConfig(**_MNIST_ARCH, quantizer="lfq", codebook_size=256, codebook_dim=8, entropy_weight=0.5),
+        VQTokenizer, VQConfig(**_MNIST_ARCH, quantizer="lfq", codebook_size=256, codebook_dim=8, entropy_weight=0.2),
         TokenizerTrainConfig(steps=2000, batch_size=64, lr=2e-3),  # restarts revive dead bits
     ),
     "mnist-bsq": TokenizerPreset(
@@ -461,6 +461,6 @@ GENERATOR_PRESETS["tiny-jpeg"] = GeneratorPreset(
 GENERATOR_PRESETS["mnist-jpeg"] = GeneratorPreset(
     "MNIST class-conditional JPEG-LM generator: raster next-token over the bytes of JPEG files (mnist-jpeg's codec "
     "tokenizer, quality 25, up to 200 tokens, PAD after END)",
-    SequenceGenerator, llamagen_backbone(4, 128, 4), "mnist-jpeg",
+    SequenceGenerator, llamagen_backbone(4, 128, 4), "mnist-jpeg-codec",
     GeneratorTrainConfig(steps=1100, batch_size=64, lr=2e-3), SamplingConfig(cfg=2.0),
 )
