@@ -139,7 +139,7 @@ TOKENIZER_PRESETS: dict[str, TokenizerPreset] = {
     ),
     "mnist-bsq": TokenizerPreset(
         "MNIST BSQ grid tokenizer: 28x28 grayscale -> 7x7 ids, 8 bits on the unit sphere per token (256 codes)",
-        VQTokenizer, VQConfig(**_MNIST_ARCH, quantizer="bsq", codebook_size=256, codebook_dim=8),
+        VQTokenizer, VQConfig(**_MNIST_ARCH, quantizer="bsq", codebook_size=256, codebook_dim=8, entropy_weight=0.2),
         TokenizerTrainConfig(steps=2000, batch_size=64, lr=2e-3),  # restarts revive dead bits
     ),
     "mnist-fq": TokenizerPreset(
