@@ -91,12 +91,13 @@ def bench_tokenizers(
             raise ValueError(f"{out} holds a benchmark with other settings ({previous.get('settings')}); "
                              "pass another --out or --overwrite")  # fmt: skip
         done = {r["tokenizer"]: r for r in previous.get("rows", [])}
-    toks = {name: load_tokenizer(name, device=device) for name in names if _label(name) not in done}  # every name checked up front
+    labels = {name: _label(name) for name in names}  # a shipped sub-folder by its short name (rows, resuming)
+    toks = {name: load_tokenizer(name, device=device) for name in names if labels[name] not in done}  # every name checked up front
     extractors: dict[str, FeatureExtractor] = {}
     rows = []
     for name in names:
-        if _label(name) in done:
-            rows.append(done[_label(name)])
+        if labels[name] in done:
+            rows.append(done[labels[name]])
             continue
         tok = toks[name]
         c = tok.config
@@ -104,7 +105,7 @@ def bench_tokenizers(
         extractor = _features_for(tok, features, inception_weights, device, extractors)
         t0 = time.time()
         m = evaluate_tokenizer(tok, ds, batch_size=batch_size, limit=limit, progress=progress, features=extractor, timing=True)
-        row = {"tokenizer": _label(name), "tokens": tok.num_tokens, "bits_per_image": tok.bits_per_image(),
+        row = {"tokenizer": labels[name], "tokens": tok.num_tokens, "bits_per_image": tok.bits_per_image(),
                "rfid": next((v for k, v in m.items() if k.startswith("rfid_")), None),
                "rfid_features": extractor.name if extractor else None, "seconds": round(time.time() - t0, 1), **m}  # fmt: skip
         rows.append(row)

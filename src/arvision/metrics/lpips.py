@@ -25,6 +25,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from arvision.convert.checkpoint import read_checkpoint
 from arvision.errors import ModelFileError
 
 # VGG-16 "D": conv widths, "M" = 2x2 max pool. Indices of ``features`` follow torchvision.
@@ -33,6 +34,8 @@ _TAPS = (3, 8, 15, 22, 29)  # features indices of relu1_2, relu2_2, relu3_3, rel
 _WIDTHS = (64, 128, 256, 512, 512)
 _SHIFT = (-0.030, -0.088, -0.188)
 _SCALE = (0.458, 0.448, 0.450)
+_WHAT = ("LPIPS weights: torchvision's VGG-16 weights and LPIPS's vgg.pth (lin layers), or one file holding both "
+         "(nothing is downloaded)")
 
 
 class LPIPS(nn.Module):
@@ -82,28 +85,9 @@ class LPIPS(nn.Module):
         return total
 
 
-def _read(path: Path) -> dict[str, Tensor]:
-    if not path.is_file():
-        raise ModelFileError(f"perceptual-loss weights file not found: {path}; give torchvision's VGG-16 weights and "
-                             "LPIPS's vgg.pth (lin layers), or one file holding both")  # fmt: skip
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path))
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated, corrupt, or a pickle of arbitrary objects (refused by weights_only)
-        raise ModelFileError(f"cannot read {path} as a weights file ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ModelFileError(f"{path} does not hold a state dict of tensors")
-    return state
-
-
 def _rename(key: str) -> str | None:
     """A published key -> this module's key (None: not part of LPIPS, e.g. VGG's classifier)."""
-    key = key.removeprefix("module.").removeprefix("net.")
+    key = key.removeprefix("net.")
     if m := re.fullmatch(r"slice\d\.(\d+)\.(weight|bias)", key):
         return f"features.{m[1]}.{m[2]}"
     if m := re.fullmatch(r"lin(\d)\.model\.1\.weight", key):
@@ -123,7 +107,8 @@ def load_lpips(paths: str | os.PathLike | Sequence[str | os.PathLike], device: s
     files = [Path(paths)] if isinstance(paths, (str, os.PathLike)) else [Path(p) for p in paths]
     state: dict[str, Tensor] = {}
     for f in files:
-        for k, v in _read(f).items():
+        # the project's safe reader: missing, empty, truncated files and pickled objects are clear errors
+        for k, v in read_checkpoint(f, what=_WHAT).items():
             if (name := _rename(k)) is not None:
                 state[name] = v
     net = LPIPS()

@@ -66,10 +66,11 @@ def adaptive_weight(rec_loss: Tensor, gan_loss: Tensor, last_layer: Tensor, *, m
 
 @dataclass
 class LossTerms:
-    """The generator-side loss and its parts (floats for logging)."""
+    """The generator-side loss and its parts (detached tensors, for logging: read with ``.item()``
+    only when shown, so that a GPU step does not wait on every part)."""
 
     total: Tensor
-    parts: dict[str, float]
+    parts: dict[str, Tensor]
 
 
 class ReconstructionLoss(nn.Module):
@@ -96,11 +97,11 @@ class ReconstructionLoss(nn.Module):
     def forward(self, recon: Tensor, x: Tensor, *, step: int, last_layer: Tensor | None) -> LossTerms:
         mse = F.mse_loss(recon, x)
         rec = mse
-        parts = {"mse": mse.item()}
+        parts = {"mse": mse.detach()}
         if self.perceptual_weight > 0:
             p = self.perceptual[0](recon.float(), x.float()).mean()
             rec = rec + self.perceptual_weight * p
-            parts["lpips"] = p.item()
+            parts["lpips"] = p.detach()
         if not self.adversarial_at(step):
             return LossTerms(rec, parts)
         d = self.discriminator
@@ -108,7 +109,7 @@ class ReconstructionLoss(nn.Module):
         gan = -d(recon).mean()
         d.requires_grad_(True)
         weight = adaptive_weight(rec, gan, last_layer) if torch.is_grad_enabled() else rec.new_ones(())
-        parts.update(gan=gan.item(), gan_weight=weight.item())
+        parts.update(gan=gan.detach(), gan_weight=weight)
         return LossTerms(rec + self.disc_weight * weight * gan, parts)
 
     def discriminator_loss(self, recon: Tensor, x: Tensor) -> Tensor:

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from arvision.data import get_dataset, split_dataset
@@ -183,8 +182,9 @@ def train_tokenizer(
                     loss, rec, o = model.training_loss(x, step, restart_rng)
                 else:
                     o = model(x, generator=noise_rng) if continuous else model(x)
-                    terms = criterion(o.recon.float(), x, step=step, last_layer=last_layer)
-                    rec = F.mse_loss(o.recon.float(), x).detach()
+                    recon = o.recon.float()
+                    terms = criterion(recon, x, step=step, last_layer=last_layer)
+                    rec = terms.parts["mse"]
                     loss = terms.total + o.quant_loss
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower --lr")
@@ -195,7 +195,7 @@ def train_tokenizer(
             opt.step()
             if criterion.adversarial_at(step):  # then the discriminator, on the same batch
                 with autocast():
-                    d_loss = criterion.discriminator_loss(o.recon.float(), x)
+                    d_loss = criterion.discriminator_loss(recon, x)
                 d_opt.zero_grad(set_to_none=True)
                 d_loss.backward()
                 d_opt.step()
@@ -219,7 +219,7 @@ def train_tokenizer(
                 if continuous:
                     shown["kl"] = f"{o.kl.item():.1f}"
                 if criterion.adversarial_at(step - 1):
-                    shown.update(gan=f"{terms.parts['gan']:.3f}", d=f"{d_loss.item():.3f}")
+                    shown.update(gan=f"{terms.parts['gan'].item():.3f}", d=f"{d_loss.item():.3f}")
                 bar.set_postfix(shown, refresh=False)
             bar.update(1)
             if step % tc.ckpt_every == 0 or step == tc.steps:
