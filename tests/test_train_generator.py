@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -109,3 +110,45 @@ def test_two_processes_match_one(tmp_path, tiny_tokenizers) -> None:
     b = arvision.load(tmp_path / "single").generator.state_dict()
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def mnist_sized_tokenizer(tmp_path_factory):
+    """A random tiny VQ tokenizer for 28x28 grayscale (7x7 tokens): what the curve's MNIST-FID needs."""
+    from arvision.tokenizers import VQConfig, VQTokenizer
+
+    torch.manual_seed(0)
+    tok = VQTokenizer(VQConfig(image_size=28, in_channels=1, ch=8, ch_mult=(1, 2, 4), num_res_blocks=1, z_channels=8,
+                               norm_groups=4, codebook_size=32, codebook_dim=4))  # fmt: skip
+    tok.quantize.embedding.weight.data.normal_()
+    return tok.save_pretrained(tmp_path_factory.mktemp("tok28") / "vq28")
+
+
+def test_training_curve_is_recorded_resumed_and_leaves_training_unchanged(tmp_path, mnist_sized_tokenizer) -> None:
+    kw = dict(preset="tiny-raster", tokenizer=str(mnist_sized_tokenizer), steps=4, batch_size=8, ema=0.9, progress=False)
+    plain = train_generator(tmp_path / "plain", **kw)
+    curve = dict(eval_every=2, eval_samples=20)
+    assert train_generator(tmp_path / "curve", stop_after=2, **curve, **kw) == {"stopped_at": 2}
+    assert [p["step"] for p in json.loads((tmp_path / "curve" / "curve.json").read_text())["points"]] == [2]
+    result = train_generator(tmp_path / "curve", resume=True, progress=False)  # killed after step 2's point: not redone
+    points = result["curve"]
+    assert [p["step"] for p in points] == [2, 4] and "curve" not in plain
+    for p in points:
+        assert p["samples"] == 20 and p["fid"] > 0 and 0 <= p["class_accuracy"] <= 1
+    assert json.loads((tmp_path / "curve" / "curve.json").read_text())["points"] == points
+    assert (tmp_path / "curve" / "curve.png").stat().st_size > 1000
+    assert arvision.load(tmp_path / "curve").info["training"]["curve"] == points  # in the model card
+    a = arvision.load(tmp_path / "plain").generator.state_dict()
+    b = arvision.load(tmp_path / "curve").generator.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)  # evaluating does not change what is trained
+
+
+def test_training_curve_bad_settings(tmp_path, tiny_tokenizers) -> None:
+    kw = dict(preset="tiny-raster", tokenizer=str(tiny_tokenizers["tiny-vq"]), steps=2, progress=False)
+    with pytest.raises(ValueError, match="needs a 28x28 grayscale tokenizer, this one makes 1x16x16"):
+        train_generator(tmp_path / "a", eval_every=1, **kw)
+    assert not (tmp_path / "a" / TOKEN_CACHE).exists()  # refused before the data set is encoded
+    with pytest.raises(ValueError, match="eval_every must be >= 0"):
+        train_generator(tmp_path / "b", eval_every=-1, **kw)
+    with pytest.raises(ValueError, match="eval_samples must be >= 20"):
+        train_generator(tmp_path / "c", eval_every=1, eval_samples=5, **kw)

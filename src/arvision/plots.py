@@ -8,6 +8,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
+
 
 def scatter_plot(points: list[tuple[str, float, float]], path: str | os.PathLike, title: str, xlabel: str) -> None:
     """PNG scatter of labelled (label, x, y) points, x on a log scale."""
@@ -32,16 +34,50 @@ def scatter_plot(points: list[tuple[str, float, float]], path: str | os.PathLike
         d.text((m - 45, yy - 6), f"{y1 * k / 5:.1f}", fill="black")
     d.text((W / 2 - 120, H - 30), xlabel, fill="black")
     d.text((10, 20), title, fill="black")
-    colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
     taken: list[tuple[float, float, float, float]] = []  # label boxes drawn so far: a new label moves below them
     for i, (label, x, y) in enumerate(points):
         cx, cy = px(math.log10(x), y)
-        c = colors[i % len(colors)]
+        c = _COLORS[i % len(_COLORS)]
         d.ellipse([cx - 6, cy - 6, cx + 6, cy + 6], fill=c)
         left, top, right, bottom = d.textbbox((cx + 9, cy - 7), label)
         while any(left < r and l < right and top < b and t < bottom for l, t, r, b in taken):
             top, bottom = top + 13, bottom + 13
         taken.append((left, top, right, bottom))
         d.text((left, top), label, fill=c)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+
+
+def line_plot(series: dict[str, list[tuple[float, float]]], path: str | os.PathLike, title: str, xlabel: str) -> None:
+    """PNG of one or more named lines of (x, y) points on linear axes (y from 0), with a legend."""
+    W, H, m = 900, 560, 70
+    img = Image.new("RGB", (W, H), "white")
+    d = ImageDraw.Draw(img)
+    pts = [p for line in series.values() for p in line]
+    x0, x1 = min(x for x, _ in pts), max(x for x, _ in pts)
+    x1 = x1 if x1 > x0 else x0 + 1
+    y1 = max(y for _, y in pts) * 1.15 or 1.0
+
+    def px(x: float, y: float) -> tuple[float, float]:
+        return m + (x - x0) / (x1 - x0) * (W - 2 * m), H - m - y / y1 * (H - 2 * m)
+
+    d.line([(m, m), (m, H - m), (W - m, H - m)], fill="black", width=2)
+    for k in range(6):
+        xx, _ = px(x0 + (x1 - x0) * k / 5, 0)
+        d.line([(xx, H - m), (xx, H - m + 6)], fill="black")
+        d.text((xx - 12, H - m + 10), f"{x0 + (x1 - x0) * k / 5:.4g}", fill="black")
+        _, yy = px(x0, y1 * k / 5)
+        d.line([(m - 6, yy), (m, yy)], fill="black")
+        d.text((m - 45, yy - 6), f"{y1 * k / 5:.3g}", fill="black")
+    d.text((W / 2 - 60, H - 30), xlabel, fill="black")
+    d.text((10, 20), title, fill="black")
+    for i, (name, line) in enumerate(series.items()):
+        c = _COLORS[i % len(_COLORS)]
+        xy = [px(x, y) for x, y in sorted(line)]
+        if len(xy) > 1:
+            d.line(xy, fill=c, width=2)
+        for cx, cy in xy:
+            d.ellipse([cx - 4, cy - 4, cx + 4, cy + 4], fill=c)
+        d.text((W - m - 160, m + 16 * i), name, fill=c)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     img.save(path)

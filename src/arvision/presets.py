@@ -256,18 +256,26 @@ class GeneratorTrainConfig(TrainConfig):
     """Args: ema: decay of an exponential moving average of the weights (0 = off); when on, the
     EMA weights are the ones saved at the end. init: start from the weights of this generator
     (shipped name or directory, trained with the same tokenizer; fine-tuning) instead of a random
-    init."""
+    init. eval_every: every this many steps (and at the end) sample ``eval_samples`` class-balanced
+    images with the weights that would be saved, and record MNIST-FID and class accuracy against
+    the MNIST test set: the training curve (0 = off; MNIST-sized models only)."""
 
     steps: int = 3000
     weight_decay: float = 0.05
     grad_clip: float = 2.0
     ema: float = 0.0
     init: str | None = None
+    eval_every: int = 0
+    eval_samples: int = 1000
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if not 0 <= self.ema < 1:
             raise ValueError(f"ema must be in [0, 1), got {self.ema}")
+        if self.eval_every < 0:
+            raise ValueError(f"eval_every must be >= 0 steps (0 = no training curve), got {self.eval_every}")
+        if self.eval_samples < 20:
+            raise ValueError(f"eval_samples must be >= 20 (two per class at least; 1000 or more for a usable FID), got {self.eval_samples}")
 
 
 @dataclass(frozen=True)

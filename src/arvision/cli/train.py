@@ -62,6 +62,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--lr", type=float, help="peak learning rate (default: the preset's)")
     g.add_argument("--ema", type=float, help="EMA decay of the saved weights, e.g. 0.999 (default: the preset's)")
     g.add_argument("--init", help="start from this generator's weights (shipped name or directory; default: the preset's)")
+    g.add_argument("--eval-every", type=int, metavar="N",
+                   help="training curve: every N steps and at the end, MNIST-FID and class accuracy of --eval-samples "
+                        "samples (against the MNIST test set) go to OUT/curve.json, OUT/curve.png and the model card "
+                        "(default: off)")
+    g.add_argument("--eval-samples", type=int, metavar="N", help="samples per point of the training curve (default: 1000)")
     g.add_argument("--out", required=True, help="run directory: checkpoint, token cache, then the model")
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     g.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
@@ -100,6 +105,7 @@ def run_generator(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, lr=args.lr, ema=args.ema, init=args.init, resume=args.resume, overwrite=args.overwrite,
         device=args.device, fsdp=args.fsdp, mixed_precision=args.mixed_precision,
         activation_checkpointing=args.activation_checkpointing, progress=not args.no_progress, command=_command(),
+        eval_every=args.eval_every, eval_samples=args.eval_samples,
     )  # fmt: skip
     if int(__import__("os").environ.get("RANK", "0")) == 0:
         print(json.dumps(result, indent=2))

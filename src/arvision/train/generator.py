@@ -34,6 +34,7 @@ from arvision.presets import GeneratorTrainConfig, get_generator_preset
 from arvision.tokenizers import Tokenizer
 from arvision import distributed as D
 from arvision.train.fsdp import Parallelism, load_optimizer, model_state, optimizer_state, parallelize, unsharded
+from arvision.train.curve import TrainingCurve, check_curve_data
 from arvision.train.common import (CHECKPOINT_NAME, StepBatchSampler, card_description, make_adamw, save_checkpoint, set_lr,
                                    start_or_resume)
 
@@ -133,6 +134,8 @@ def train_generator(
     progress: bool = True,
     stop_after: int | None = None,
     command: str | None = None,
+    eval_every: int | None = None,
+    eval_samples: int | None = None,
 ) -> dict[str, Any]:
     """Train (or resume) a class-conditional generator; returns training statistics.
 
@@ -145,6 +148,8 @@ def train_generator(
         fsdp, mixed_precision, activation_checkpointing: how this launch uses its processes
             (:class:`arvision.train.fsdp.Parallelism`); not part of the run, so a resume may change them.
         stop_after: stop with a checkpoint after this step, as if killed (tests).
+        eval_every, eval_samples: the training curve (:mod:`arvision.train.curve`): MNIST-FID and class
+            accuracy of ``eval_samples`` samples every ``eval_every`` steps and at the end.
     """
     check_device(device)  # a clear error before anything is loaded
     parallel = Parallelism(fsdp=fsdp, mixed_precision=mixed_precision, activation_checkpointing=activation_checkpointing)
@@ -155,7 +160,8 @@ def train_generator(
 
     def new_run() -> dict[str, Any]:
         p = get_generator_preset(preset)
-        overrides = {k: v for k, v in dict(steps=steps, batch_size=batch_size, lr=lr, ema=ema, init=init).items() if v is not None}
+        overrides = {k: v for k, v in dict(steps=steps, batch_size=batch_size, lr=lr, ema=ema, init=init, eval_every=eval_every,
+                                           eval_samples=eval_samples).items() if v is not None}  # fmt: skip
         return {"preset": preset, "tokenizer": str(tokenizer or p.tokenizer), "data": data,
                 "train": p.train.replace(**overrides).to_dict(), "seconds": 0.0,
                 "command": command or f"arvision train generator --preset {preset} --out {out}"}  # fmt: skip
@@ -173,6 +179,8 @@ def train_generator(
         raise ValueError(f"--tokenizer {run['tokenizer']} is not a tokenizer")
     # Can the order use this tokenizer (grid vs scales, ids vs vectors)? Checked before encoding the data set.
     (_REGISTRY[run["model_type"]] if "model" in run else get_generator_preset(run["preset"]).model_class).layout_fields(tok.layout)
+    if tc.eval_every:  # the curve's metric: checked before the data set is encoded
+        check_curve_data(tok.config.image_size, tok.config.in_channels)
     tok_id = _sha256(tok_dir / "model.safetensors")
     out.mkdir(parents=True, exist_ok=True)
     if info.is_main:  # rank 0 encodes and caches; the others then read the cache
@@ -218,6 +226,16 @@ def train_generator(
             })  # fmt: skip
         D.barrier(info)
 
+    curve = None
+    if tc.eval_every and info.is_main:
+        curve = TrainingCurve(out, run.setdefault("curve", []), n=tc.eval_samples, progress=progress)
+
+    def evaluate(step: int) -> None:  # every rank gathers the weights (FSDP), rank 0 scores them
+        weights = unsharded(ema_model if ema_model is not None else model)
+        if curve is not None:
+            curve.measure(step, tok, weights)
+        D.barrier(info)
+
     sampler = StepBatchSampler(len(tokens_all), tc.batch_size, seed=tc.seed, start_step=start, total_steps=tc.steps)
     bar = tqdm(total=tc.steps, initial=start, desc=f"train {model.order}", disable=not (progress and info.is_main), dynamic_ncols=True)
     step, t0, tokens_seen, last = start, time.time(), 0, {}
@@ -250,7 +268,10 @@ def train_generator(
                 shown = {"acc": f"{100 * last['token_accuracy']:.1f}%"} if math.isfinite(last["token_accuracy"]) else {}
                 bar.set_postfix(loss=f"{last['loss']:.3f}", **shown, tok_s=f"{rate:.0f}", refresh=False)
             bar.update(1)
-            if step % tc.ckpt_every == 0 or step == tc.steps or (stop_after is not None and step >= stop_after):
+            scored = tc.eval_every > 0 and (step % tc.eval_every == 0 or step == tc.steps)
+            if scored:  # before the checkpoint, so that the checkpoint holds the point
+                evaluate(step)
+            if step % tc.ckpt_every == 0 or step == tc.steps or scored or (stop_after is not None and step >= stop_after):
                 run["seconds"] = run.get("seconds", 0.0) + time.time() - t0
                 run["tokens_per_s"] = tokens_seen / max(time.time() - t0, 1e-9)
                 t0, tokens_seen = time.time(), 0
@@ -275,6 +296,8 @@ def train_generator(
               **({"fsdp": True, "mixed_precision": mixed_precision} if fsdp else {})}  # fmt: skip
     if math.isfinite(last.get("token_accuracy", math.nan)):  # continuous tokens have none (and JSON has no NaN)
         result["final_token_accuracy"] = round(last["token_accuracy"], 4)
+    if run.get("curve"):
+        result["curve"] = run["curve"]
     if info.is_main:
         gen_info = {
             "description": card_description(get_generator_preset(run["preset"]).description, kind=f"{model.order} generator",
