@@ -13,10 +13,14 @@ from arvision.tokenizers.onedim import OneDimConfig, OneDimTokenizer, patchify, 
 from test_generators import build
 
 
-def tiny(stem: str = "linear") -> OneDimTokenizer:
+FSQ = dict(quantizer="fsq", levels=(4, 4, 2), codebook_size=32, codebook_dim=3)
+VARIANTS = {"linear": {}, "conv": dict(stem="conv"), "fsq": FSQ}  # pixel stems and quantizers
+
+
+def tiny(variant: str = "linear") -> OneDimTokenizer:
     torch.manual_seed(0)
     p = TOKENIZER_PRESETS["tiny-1d"]
-    return p.model_class(p.config.replace(stem=stem))
+    return p.model_class(p.config.replace(**VARIANTS[variant]))
 
 
 def images(B: int = 4, side: int = 16, seed: int = 0) -> torch.Tensor:
@@ -31,27 +35,28 @@ def test_patchify_round_trip() -> None:
     assert torch.equal(unpatchify(p, 4, 3), x)
 
 
-@pytest.mark.parametrize("stem", ["linear", "conv"])
-def test_forward_shapes_and_every_parameter_gets_a_gradient(stem: str) -> None:
-    tok = tiny(stem).train()
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_forward_shapes_and_every_parameter_gets_a_gradient(variant: str) -> None:
+    tok = tiny(variant).train()
     x = images()
     loss, rec, out = tok.training_loss(x, 0, torch.Generator().manual_seed(0))
-    assert out.recon.shape == x.shape and out.indices.shape == (4, 8) and out.candidates.shape == (4 * 8, 4)
+    assert out.recon.shape == x.shape and out.indices.shape == (4, 8)
+    assert out.candidates.shape == ((0, 3) if variant == "fsq" else (4 * 8, 4))  # FSQ has no codes to restart
     assert torch.isfinite(loss) and rec <= loss
     loss.backward()
     missing = [n for n, p in tok.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
     assert not missing, f"no gradient: {missing}"
-    assert tok.layout == TokenLayout("sequence", 32, length=8, code_dim=4)
+    assert tok.layout == TokenLayout("sequence", 32, length=8, code_dim=3 if variant == "fsq" else 4)
 
 
-@pytest.mark.parametrize("stem", ["linear", "conv"])
-def test_nested_dropout_draws_prefixes_and_keeps_the_rest_full(stem: str) -> None:
-    tok = tiny(stem)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_nested_dropout_draws_prefixes_and_keeps_the_rest_full(variant: str) -> None:
+    tok = tiny(variant)
     keep = tok.draw_keep(4000, torch.Generator().manual_seed(0))
     assert keep.min() == 1 and keep.max() == 8
     assert abs((keep == 8).float().mean().item() - 0.5) < 0.05  # nested_dropout = 0.5 of the images keep all K
     assert (keep < 8).float().mean() > 0.45 and (keep == 1).any() and (keep == 7).any()
-    off = OneDimTokenizer(TOKENIZER_PRESETS["tiny-1d"].config.replace(nested_dropout=0.0, stem=stem))
+    off = OneDimTokenizer(TOKENIZER_PRESETS["tiny-1d"].config.replace(nested_dropout=0.0, **VARIANTS[variant]))
     assert (off.draw_keep(100) == 8).all()
     # dropping tokens in training is the same as decoding the prefix
     tok.eval()
@@ -61,8 +66,9 @@ def test_nested_dropout_draws_prefixes_and_keeps_the_rest_full(stem: str) -> Non
     torch.testing.assert_close(recon.clamp(-1, 1), tok.decode(tok.encode(x)[:, :3]))
 
 
-def test_prefixes_decode_and_bad_tokens_are_clear_errors() -> None:
-    tok = tiny().eval()
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_prefixes_decode_and_bad_tokens_are_clear_errors(variant: str) -> None:
+    tok = tiny(variant).eval()
     ids = tok.encode(images())
     assert ids.shape == (4, 8) and ids.dtype == torch.long
     for k in (1, 2, 5, 8):
@@ -82,15 +88,18 @@ def test_prefixes_decode_and_bad_tokens_are_clear_errors() -> None:
     for bad, match in ((dict(patch_size=5), "multiple of patch_size"), (dict(num_latents=0), "num_latents"),
                        (dict(nested_dropout=1.5), "nested_dropout"), (dict(width=30, num_heads=4), "width"),
                        (dict(stem="cnn"), "stem must be 'linear' or 'conv'"),
+                       (dict(quantizer="lfq"), "quantizer must be 'vq' or 'fsq'"),
+                       (dict(FSQ, levels=(4, 4, 4)), r"FSQ levels \(4, 4, 4\) must give codebook_dim=3 channels .* product is codebook_size=32"),
+                       (dict(FSQ, levels=(4, 8)), "must give codebook_dim=3"),
                        (dict(stem="conv", image_size=18, patch_size=3), "powers of 2: patch_size"),
                        (dict(stem="conv", conv_ch=6, conv_groups=4), r"conv_groups=4 must divide every conv width \[6, 12, 24\]")):  # fmt: skip
         with pytest.raises(ValueError, match=match):
             OneDimConfig(**{**TOKENIZER_PRESETS["tiny-1d"].config.to_dict(), **bad})
 
 
-@pytest.mark.parametrize("stem", ["linear", "conv"])
-def test_save_load_round_trip(tmp_path, stem: str) -> None:
-    tok = tiny(stem).eval()
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_save_load_round_trip(tmp_path, variant: str) -> None:
+    tok = tiny(variant).eval()
     tok.save_pretrained(tmp_path / "t", info={"description": "test"})
     again = OneDimTokenizer.from_pretrained(tmp_path / "t").eval()
     assert again.config == tok.config

@@ -205,12 +205,13 @@ TOKENIZER_PRESETS["tiny-1d"] = TokenizerPreset(
     _TINY_TRAIN,
 )
 TOKENIZER_PRESETS["mnist-1d"] = TokenizerPreset(
-    "MNIST 1-D tokenizer (TiTok/FlexTok-style): 28x28 grayscale -> 32 ids, codebook 256 (l2-normalised), coarse to "
-    "fine: any prefix decodes (nested dropout)",
+    "MNIST 1-D tokenizer (TiTok/FlexTok-style): 28x28 grayscale -> 48 ids of 8 bits (FSQ, 4 channels x 4 levels), "
+    "coarse to fine: any prefix decodes (nested dropout); conv stem",
     OneDimTokenizer,
-    OneDimConfig(image_size=28, in_channels=1, patch_size=7, num_latents=32, width=128, num_heads=4, encoder_depth=2,
-                 decoder_depth=4, codebook_size=256, codebook_dim=8, quant_warmup=300),  # fmt: skip
-    TokenizerTrainConfig(steps=2500, batch_size=64, lr=1.5e-3),
+    OneDimConfig(image_size=28, in_channels=1, patch_size=4, num_latents=48, width=128, num_heads=4, encoder_depth=2,
+                 decoder_depth=4, quantizer="fsq", levels=(4, 4, 4, 4), codebook_size=256, codebook_dim=4,
+                 nested_dropout=0.25, stem="conv"),  # fmt: skip
+    TokenizerTrainConfig(steps=3000, batch_size=64, lr=2e-3, restart_every=0),
 )
 
 

@@ -1,6 +1,6 @@
 """Image tokenizers: images in [-1, 1] <-> int64 token ids (or continuous tokens, KL)."""
 
-from arvision.tokenizers.base import AutoencoderConfig, Tokenizer, TokenizerOutput
+from arvision.tokenizers.base import AutoencoderConfig, ConvTokenizer, Tokenizer, TokenizerOutput
 from arvision.tokenizers.jpeg import JpegConfig, JpegTokenizer
 from arvision.tokenizers.kl import KLConfig, KLTokenizer
 from arvision.tokenizers.layout import TokenLayout
@@ -11,7 +11,7 @@ from arvision.tokenizers.tokenbridge import TokenBridgeConfig, TokenBridgeTokeni
 from arvision.tokenizers.vq import VQConfig, VQTokenizer
 
 __all__ = [
-    "AutoencoderConfig", "JpegConfig", "JpegTokenizer", "KLConfig", "KLTokenizer", "MultiScaleQuantizer", "MultiScaleVQConfig",
+    "AutoencoderConfig", "ConvTokenizer", "JpegConfig", "JpegTokenizer", "KLConfig", "KLTokenizer", "MultiScaleQuantizer", "MultiScaleVQConfig",
     "MultiScaleVQTokenizer", "OneDimConfig", "OneDimTokenizer",
     "QuantizerOutput", "TokenLayout", "Tokenizer", "TokenizerOutput", "VQConfig", "VQTokenizer",
     "VectorQuantizer", "phi_index_table", "TokenBridgeConfig", "TokenBridgeTokenizer",

@@ -101,39 +101,19 @@ AlignmentHook = Callable[[list[Tensor], Tensor], Tensor]
 
 
 class Tokenizer(PretrainedModel):
-    """Conv encoder -> quant_conv -> quantizer -> post_quant_conv -> conv decoder.
-
-    ``alignment_hook``: an optional ``hook(code_maps, images) -> loss`` added to the quantizer
-    loss in training, e.g. FQGAN's alignment of one sub-codebook with a frozen semantic encoder's
-    features. ``code_maps`` are the quantized maps (B, D_k, h, w): one per sub-codebook of a
-    factorized quantizer, else the whole latent. Not saved with the model.
+    """What every tokenizer offers: a token layout, ``encode``/``decode``, input and token checks,
+    bits per image and PIL helpers. Learned conv autoencoders build on :class:`ConvTokenizer`;
+    transformer (1-D), codec (JPEG) and post-training (TokenBridge) tokenizers subclass this
+    directly.
     """
 
-    config: AutoencoderConfig
-    alignment_hook: AlignmentHook | None = None
+    config: Config
     # A codec (JPEG bytes) can be handed token sequences that are no valid stream; it then decodes
     # them to blank images and says which with ``decode(tokens, return_ok=True)``. Learned
     # tokenizers decode every sequence.
     may_fail_to_decode: ClassVar[bool] = False
 
-    def __init__(self, config: AutoencoderConfig) -> None:
-        super().__init__(config)
-        c = config
-        arch = dict(
-            ch=c.ch, ch_mult=c.ch_mult, num_res_blocks=c.num_res_blocks, z_channels=c.z_channels,
-            groups=c.norm_groups, dropout=c.dropout, attn_lowest=c.attn_lowest, attn_mid=c.attn_mid,
-        )  # fmt: skip
-        self.encoder = ConvEncoder(in_channels=c.in_channels, **arch)
-        self.decoder = ConvDecoder(out_channels=c.in_channels, **arch)
-        k = c.quant_conv_kernel
-        self.quant_conv = nn.Conv2d(c.z_channels, c.codebook_dim, k, padding=k // 2)
-        self.post_quant_conv = nn.Conv2d(c.codebook_dim, c.z_channels, k, padding=k // 2)
-        self.quantize = self.build_quantizer()
-
     # -- to be provided by subclasses ----------------------------------------------------------
-    def build_quantizer(self) -> nn.Module:
-        raise NotImplementedError
-
     @property
     def num_tokens(self) -> int:
         """L: tokens per image (from the layout)."""
@@ -162,31 +142,6 @@ class Tokenizer(PretrainedModel):
         if lay.continuous:
             return None
         return lay.num_tokens * math.log2(lay.vocab_size) * (lay.code_dim if lay.channel_bins else 1)
-
-    def encode_latent(self, images_BCHW: Tensor) -> Tensor:
-        """Pre-quantization latent (B, D, h, w)."""
-        self.check_images(images_BCHW)
-        return self.quant_conv(self.encoder(images_BCHW))
-
-    def decode_latent(self, z_BDhw: Tensor) -> Tensor:
-        """Image (B, C, H, W) from a (quantized) latent."""
-        if z_BDhw.device.type == "cpu":
-            # oneDNN convolutions run ~15 % faster on channels_last activations (measured on the
-            # 256 px VAR and LlamaGen decoders); results agree to ~5e-5.
-            z_BDhw = z_BDhw.contiguous(memory_format=torch.channels_last)
-        x = self.decoder(self.post_quant_conv(z_BDhw))
-        return x.clamp(-1, 1) if self.config.clamp_output else x
-
-    def forward(self, images_BCHW: Tensor) -> TokenizerOutput:
-        """Training pass: reconstruction (not clamped, so gradients flow) and quantizer loss."""
-        z = self.encode_latent(images_BCHW)
-        with torch.autocast(z.device.type, enabled=False):  # nearest codes and rounding in fp32 under bf16 autocast
-            out = self.quantize(z.float())
-        recon = self.decoder(self.post_quant_conv(out.z_q))
-        loss = out.loss
-        if self.alignment_hook is not None:
-            loss = loss + self.alignment_hook(out.parts if out.parts is not None else [out.z_q], images_BCHW)
-        return TokenizerOutput(recon=recon, quant_loss=loss, indices=out.indices, candidates=out.candidates)
 
     @torch.no_grad()
     def reconstruct(self, images_BCHW: Tensor) -> Tensor:
@@ -259,3 +214,65 @@ class Tokenizer(PretrainedModel):
         from arvision.data.images import tensor_to_pil
 
         return [tensor_to_pil(x) for x in self.decode(tokens).cpu()]
+
+
+class ConvTokenizer(Tokenizer):
+    """Conv encoder -> quant_conv -> bottleneck -> post_quant_conv -> conv decoder (the LDM/taming
+    layout of every anchor's tokenizer): the VQ family builds a quantizer (:meth:`build_quantizer`),
+    the KL tokenizer a Gaussian bottleneck of its own (:meth:`build_autoencoder` and no quantizer).
+
+    ``alignment_hook``: an optional ``hook(code_maps, images) -> loss`` added to the quantizer
+    loss in training, e.g. FQGAN's alignment of one sub-codebook with a frozen semantic encoder's
+    features. ``code_maps`` are the quantized maps (B, D_k, h, w): one per sub-codebook of a
+    factorized quantizer, else the whole latent. Not saved with the model.
+    """
+
+    config: AutoencoderConfig
+    alignment_hook: AlignmentHook | None = None
+
+    def __init__(self, config: AutoencoderConfig) -> None:
+        super().__init__(config)
+        self.encoder, self.decoder, self.quant_conv, self.post_quant_conv = self.build_autoencoder()
+        quantizer = self.build_quantizer()
+        if quantizer is not None:
+            self.quantize = quantizer
+
+    def build_autoencoder(self) -> tuple[nn.Module, nn.Module, nn.Module, nn.Module]:
+        """(encoder, decoder, quant_conv, post_quant_conv) for a ``codebook_dim``-wide latent."""
+        c = self.config
+        arch = dict(
+            ch=c.ch, ch_mult=c.ch_mult, num_res_blocks=c.num_res_blocks, z_channels=c.z_channels,
+            groups=c.norm_groups, dropout=c.dropout, attn_lowest=c.attn_lowest, attn_mid=c.attn_mid,
+        )  # fmt: skip
+        k = c.quant_conv_kernel
+        return (ConvEncoder(in_channels=c.in_channels, **arch), ConvDecoder(out_channels=c.in_channels, **arch),
+                nn.Conv2d(c.z_channels, c.codebook_dim, k, padding=k // 2), nn.Conv2d(c.codebook_dim, c.z_channels, k, padding=k // 2))  # fmt: skip
+
+    def build_quantizer(self) -> nn.Module | None:
+        """The bottleneck's quantizer (None: the subclass has no codebook, e.g. the KL tokenizer)."""
+        raise NotImplementedError
+
+    def encode_latent(self, images_BCHW: Tensor) -> Tensor:
+        """Pre-quantization latent (B, D, h, w)."""
+        self.check_images(images_BCHW)
+        return self.quant_conv(self.encoder(images_BCHW))
+
+    def decode_latent(self, z_BDhw: Tensor) -> Tensor:
+        """Image (B, C, H, W) from a (quantized) latent."""
+        if z_BDhw.device.type == "cpu":
+            # oneDNN convolutions run ~15 % faster on channels_last activations (measured on the
+            # 256 px VAR and LlamaGen decoders); results agree to ~5e-5.
+            z_BDhw = z_BDhw.contiguous(memory_format=torch.channels_last)
+        x = self.decoder(self.post_quant_conv(z_BDhw))
+        return x.clamp(-1, 1) if self.config.clamp_output else x
+
+    def forward(self, images_BCHW: Tensor) -> TokenizerOutput:
+        """Training pass: reconstruction (not clamped, so gradients flow) and quantizer loss."""
+        z = self.encode_latent(images_BCHW)
+        with torch.autocast(z.device.type, enabled=False):  # nearest codes and rounding in fp32 under bf16 autocast
+            out = self.quantize(z.float())
+        recon = self.decoder(self.post_quant_conv(out.z_q))
+        loss = out.loss
+        if self.alignment_hook is not None:
+            loss = loss + self.alignment_hook(out.parts if out.parts is not None else [out.z_q], images_BCHW)
+        return TokenizerOutput(recon=recon, quant_loss=loss, indices=out.indices, candidates=out.candidates)

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from arvision.modeling import register_model
-from arvision.tokenizers.base import AutoencoderConfig, Tokenizer, TokenizerOutput
+from arvision.tokenizers.base import AutoencoderConfig, ConvTokenizer, TokenizerOutput
 from arvision.tokenizers.layout import TokenLayout
 from arvision.tokenizers.quantizers import VectorQuantizer
 
@@ -78,7 +78,7 @@ class FlexScaleConfig(AutoencoderConfig):
 
 
 @register_model
-class FlexScaleTokenizer(Tokenizer):
+class FlexScaleTokenizer(ConvTokenizer):
     """Independent multi-scale VQ: (B, C, H, W) <-> (B, L) ids, every scale its own quantization."""
 
     model_type = "flexscale_tokenizer"

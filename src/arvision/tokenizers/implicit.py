@@ -19,7 +19,7 @@
   sub-codes and its token id is the mixed-radix number i_0 + V*i_1 + ... . FQGAN's
   disentanglement loss pushes the K sub-codes towards orthogonal directions so that they carry
   different information; its semantic alignment is a pluggable hook on the tokenizer
-  (:attr:`Tokenizer.alignment_hook`).
+  (:attr:`ConvTokenizer.alignment_hook`).
 
 Every quantizer has the interface :class:`VQTokenizer` uses: ``forward(z) -> QuantizerOutput``,
 ``quantize(z) -> ids``, ``embed(ids, h, w) -> latent`` and ``restart_codes``.

@@ -210,7 +210,7 @@ class JpegTokenizer(Tokenizer):
     may_fail_to_decode = True
 
     def __init__(self, config: JpegConfig) -> None:
-        super(Tokenizer, self).__init__(config)  # a codec: no conv stacks, no codebook
+        super().__init__(config)
         header, _ = split_header(jpeg_bytes(np.zeros((config.image_size, config.image_size), np.uint8), config.quality))
         self.register_buffer("header", torch.frombuffer(bytearray(header), dtype=torch.uint8).clone())
         self._spec = parse_header(header)

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from arvision.modeling import register_model
 from arvision.nn.conv import ConvDecoder, ConvEncoder
-from arvision.tokenizers.base import AutoencoderConfig, Tokenizer
+from arvision.tokenizers.base import AutoencoderConfig, ConvTokenizer
 from arvision.tokenizers.layout import TokenLayout
 
 # LDM's clamp of the log-variance (official MAR ``DiagonalGaussianDistribution``).
@@ -108,24 +108,26 @@ class KLOutput:
 
 
 @register_model
-class KLTokenizer(Tokenizer):
+class KLTokenizer(ConvTokenizer):
     """KL autoencoder: (B, C, H, W) <-> (B, h*w, D) continuous tokens in raster order."""
 
     model_type = "kl_tokenizer"
     config_class = KLConfig
     config: KLConfig
 
-    def __init__(self, config: KLConfig) -> None:
-        # Skip Tokenizer.__init__, which builds a codebook bottleneck; the conv stacks are the same.
-        super(Tokenizer, self).__init__(config)
-        c = config
+    def build_autoencoder(self) -> tuple[nn.Module, nn.Module, nn.Module, nn.Module]:
+        """The conv stacks of the VQ tokenizers around a Gaussian: the encoder ends in 2 * z_channels
+        (mean and log-variance), ``quant_conv`` maps them to 2 * D; the decoder may skip attention."""
+        c = self.config
         arch = dict(ch=c.ch, ch_mult=c.ch_mult, num_res_blocks=c.num_res_blocks, groups=c.norm_groups,
                     dropout=c.dropout, attn_mid=c.attn_mid)  # fmt: skip
-        self.encoder = ConvEncoder(in_channels=c.in_channels, z_channels=2 * c.z_channels, attn_lowest=c.attn_lowest, **arch)
-        self.decoder = ConvDecoder(out_channels=c.in_channels, z_channels=c.z_channels, attn_lowest=c.attn_lowest_decoder, **arch)
         k = c.quant_conv_kernel
-        self.quant_conv = nn.Conv2d(2 * c.z_channels, 2 * c.embed_dim, k, padding=k // 2)
-        self.post_quant_conv = nn.Conv2d(c.embed_dim, c.z_channels, k, padding=k // 2)
+        return (ConvEncoder(in_channels=c.in_channels, z_channels=2 * c.z_channels, attn_lowest=c.attn_lowest, **arch),
+                ConvDecoder(out_channels=c.in_channels, z_channels=c.z_channels, attn_lowest=c.attn_lowest_decoder, **arch),
+                nn.Conv2d(2 * c.z_channels, 2 * c.embed_dim, k, padding=k // 2), nn.Conv2d(c.embed_dim, c.z_channels, k, padding=k // 2))  # fmt: skip
+
+    def build_quantizer(self) -> None:
+        return None  # no codebook: a diagonal Gaussian posterior (``posterior``)
 
     # -- layout ---------------------------------------------------------------------------------
     @property

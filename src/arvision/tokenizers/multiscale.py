@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from arvision.modeling import register_model
-from arvision.tokenizers.base import AutoencoderConfig, Tokenizer
+from arvision.tokenizers.base import AutoencoderConfig, ConvTokenizer
 from arvision.tokenizers.layout import TokenLayout
 from arvision.tokenizers.quantizers import MultiScaleQuantizer
 
@@ -52,7 +52,7 @@ class MultiScaleVQConfig(AutoencoderConfig):
 
 
 @register_model
-class MultiScaleVQTokenizer(Tokenizer):
+class MultiScaleVQTokenizer(ConvTokenizer):
     """Multi-scale residual VQ: (B, C, H, W) <-> (B, L) ids, L = sum(pn^2), coarse scales first."""
 
     model_type = "msvq_tokenizer"

@@ -44,6 +44,7 @@ from arvision.nn.conv import ConvDecoder, ConvEncoder
 from arvision.nn.transformer import Transformer, TransformerConfig
 from arvision.tokenizers.base import Tokenizer, TokenizerOutput
 from arvision.tokenizers.layout import TokenLayout
+from arvision.tokenizers.implicit import FSQuantizer
 from arvision.tokenizers.quantizers import VectorQuantizer
 
 
@@ -59,6 +60,8 @@ class OneDimConfig(Config):
         encoder_depth, decoder_depth: blocks of each.
         codebook_size, codebook_dim, beta, l2_norm: the vector quantizer (V, D, commitment
             weight, cosine nearest neighbour).
+        quantizer, levels: "vq" (a learned codebook) or "fsq" (finite scalar quantization with
+            ``levels`` per channel: codebook_dim = len(levels), codebook_size = their product).
         quant_warmup: training steps that decode the (normalised) latents before quantization.
         nested_dropout: share of training images that keep only a random prefix of k < K tokens
             (k log-uniform in 1..K-1, so short prefixes are seen as often as long ones); 0 = off.
@@ -83,6 +86,8 @@ class OneDimConfig(Config):
     beta: float = 0.25
     l2_norm: bool = True
     quant_warmup: int = 0
+    quantizer: str = "vq"
+    levels: tuple[int, ...] = ()
     nested_dropout: float = 0.5
     clamp_output: bool = True
     stem: str = "linear"
@@ -105,6 +110,12 @@ class OneDimConfig(Config):
             raise ValueError(f"nested_dropout is a share of the training images, in [0, 1]; got {self.nested_dropout}")
         if self.quant_warmup < 0:
             raise ValueError(f"quant_warmup must be >= 0 steps, got {self.quant_warmup}")
+        if self.quantizer not in ("vq", "fsq"):
+            raise ValueError(f"quantizer must be 'vq' or 'fsq' for a 1-D tokenizer, got {self.quantizer!r}")
+        if self.quantizer == "fsq":
+            if len(self.levels) != self.codebook_dim or math.prod(self.levels) != self.codebook_size or min(self.levels, default=0) < 2:
+                raise ValueError(f"FSQ levels {self.levels} must give codebook_dim={self.codebook_dim} channels of >= 2 levels "
+                                 f"whose product is codebook_size={self.codebook_size}")  # fmt: skip
         if self.stem not in ("linear", "conv"):
             raise ValueError(f"stem must be 'linear' or 'conv', got {self.stem!r}")
         if self.stem == "conv":
@@ -165,7 +176,7 @@ class OneDimTokenizer(Tokenizer):
     config: OneDimConfig
 
     def __init__(self, config: OneDimConfig) -> None:
-        super(Tokenizer, self).__init__(config)  # transformers instead of the conv stacks of Tokenizer
+        super().__init__(config)
         c, E, N, K = config, config.width, config.num_patches, config.num_latents
         if c.stem == "conv":
             self.pixel_encoder = ConvEncoder(in_channels=c.in_channels, **c.conv_arch())
@@ -177,7 +188,8 @@ class OneDimTokenizer(Tokenizer):
         self.read_in = nn.Parameter(torch.zeros(K, N))  # linear pooling of the patch tokens into the queries
         self.encoder = Transformer(c.transformer(c.encoder_depth))
         self.to_code = nn.Linear(E, c.codebook_dim)
-        self.quantize = VectorQuantizer(c.codebook_size, c.codebook_dim, beta=c.beta, l2_norm=c.l2_norm)
+        self.quantize = (FSQuantizer(c.levels) if c.quantizer == "fsq"
+                         else VectorQuantizer(c.codebook_size, c.codebook_dim, beta=c.beta, l2_norm=c.l2_norm))  # fmt: skip
         self.from_code = nn.Linear(c.codebook_dim, E)
         self.dropped = nn.Parameter(torch.zeros(1, 1, E))  # stands in for every token after the kept prefix
         self.dec_latent_pos = nn.Parameter(torch.zeros(1, K, E))
@@ -253,7 +265,7 @@ class OneDimTokenizer(Tokenizer):
         (None = all K); ``quantized=False`` decodes the (normalised) latents themselves (warm-up)."""
         z = self.encode_latent(images_BCHW)
         out = self.quantize(z)
-        z_q = out.z_q if quantized else (F.normalize(z, dim=1) if self.config.l2_norm else z)
+        z_q = out.z_q if quantized else (F.normalize(z, dim=1) if self.config.l2_norm and self.config.quantizer == "vq" else z)
         z_BKD = z_q.squeeze(2).transpose(1, 2)
         recon = self.decode_codes(z_BKD, keep_B)
         return TokenizerOutput(recon=recon, quant_loss=out.loss, indices=out.indices, candidates=out.candidates)
@@ -286,8 +298,8 @@ class OneDimTokenizer(Tokenizer):
     def decode(self, tokens: Tensor) -> Tensor:
         """Ids (B, k) -> images (B, C, H, W) in [-1, 1]: all K tokens, or any prefix of 1..K of them."""
         self.check_tokens(tokens)
-        z_BkD = self.quantize.codes()[tokens.to(self._device()).long()]
-        x = self.decode_codes(z_BkD)
+        ids = tokens.to(self._device()).long()
+        x = self.decode_codes(self.quantize.embed(ids, 1, ids.shape[1]).squeeze(2).transpose(1, 2))
         return x.clamp(-1, 1) if self.config.clamp_output else x
 
     def check_tokens(self, tokens: Tensor) -> None:

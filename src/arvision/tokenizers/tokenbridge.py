@@ -123,7 +123,7 @@ class TokenBridgeTokenizer(Tokenizer):
     config: TokenBridgeConfig
 
     def __init__(self, config: TokenBridgeConfig) -> None:
-        super(Tokenizer, self).__init__(config)  # no codebook bottleneck: the KL model holds the conv stacks
+        super().__init__(config)
         self.kl = KLTokenizer(config.kl).requires_grad_(False)
         D = config.kl.embed_dim
         # (D, V) bin centres in token units; until fitted, every channel is taken as N(0, 1)

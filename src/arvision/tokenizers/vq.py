@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from arvision.modeling import register_model
-from arvision.tokenizers.base import AutoencoderConfig, Tokenizer
+from arvision.tokenizers.base import AutoencoderConfig, ConvTokenizer
 from arvision.tokenizers.layout import TokenLayout
 from arvision.tokenizers.implicit import MAX_BITS, FactorizedQuantizer, FSQuantizer, LookupFreeQuantizer
 from arvision.tokenizers.quantizers import VectorQuantizer
@@ -85,7 +85,7 @@ class VQConfig(AutoencoderConfig):
 
 
 @register_model
-class VQTokenizer(Tokenizer):
+class VQTokenizer(ConvTokenizer):
     """Single-scale vector-quantized tokenizer: (B, C, H, W) <-> (B, h*w) ids in raster order."""
 
     model_type = "vq_tokenizer"
