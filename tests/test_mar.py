@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from arvision.convert.checkpoint import read_checkpoint
+from arvision.checkpoints import read_checkpoint
 from arvision.convert.mar import build_mar, infer_mar
 from arvision.generators.mar import mar_mask_lengths
 from arvision.samplers import SamplingConfig, decode

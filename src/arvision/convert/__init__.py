@@ -14,7 +14,7 @@
 User documentation: docs/convert.md.
 """
 
-from arvision.convert.checkpoint import read_checkpoint
+from arvision.checkpoints import read_checkpoint
 from arvision.convert.keys import llamagen_gpt_state, llamagen_vq_state, var_state, var_vae_state
 from arvision.convert.llamagen import build_llamagen, from_llamagen, infer_llamagen
 from arvision.convert.mar import build_mar, from_mar, infer_mar

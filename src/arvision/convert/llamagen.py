@@ -32,7 +32,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from arvision.convert.checkpoint import autoencoder_arch, count_indexed, read_checkpoint, require
+from arvision.checkpoints import read_checkpoint
+from arvision.convert.checkpoint import autoencoder_arch, count_indexed, require
 from arvision.convert.keys import llamagen_gpt_state, llamagen_vq_state
 from arvision.errors import ModelFileError
 from arvision.generators import NextTokenConfig, NextTokenGenerator, SamplingConfig

@@ -26,7 +26,8 @@ import re
 import torch
 from torch import Tensor
 
-from arvision.convert.checkpoint import count_indexed, read_checkpoint, require
+from arvision.checkpoints import read_checkpoint
+from arvision.convert.checkpoint import count_indexed, require
 from arvision.convert.mar_vae import load_mar_vae
 from arvision.errors import ModelFileError
 from arvision.generators.diffusion import DiffusionHeadConfig

@@ -33,7 +33,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from arvision.convert.checkpoint import encoder_levels, read_checkpoint, require
+from arvision.checkpoints import read_checkpoint
+from arvision.convert.checkpoint import encoder_levels, require
 from arvision.errors import ModelFileError
 from arvision.modeling import load_state_dict_checked
 from arvision.tokenizers.kl import KLConfig, KLTokenizer

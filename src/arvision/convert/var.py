@@ -30,7 +30,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from arvision.convert.checkpoint import autoencoder_arch, count_indexed, read_checkpoint, require
+from arvision.checkpoints import read_checkpoint
+from arvision.convert.checkpoint import autoencoder_arch, count_indexed, require
 from arvision.convert.keys import var_state, var_vae_state
 from arvision.errors import ModelFileError
 from arvision.generators import NextScaleConfig, NextScaleGenerator, SamplingConfig

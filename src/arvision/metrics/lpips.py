@@ -25,7 +25,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from arvision.convert.checkpoint import read_checkpoint
+from arvision.checkpoints import read_checkpoint
 from arvision.errors import ModelFileError
 
 # VGG-16 "D": conv widths, "M" = 2x2 max pool. Indices of ``features`` follow torchvision.
