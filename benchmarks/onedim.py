@@ -1,6 +1,6 @@
 """1-D tokenizer (mnist-1d): reconstruction as a function of the number of tokens kept.
 
-    python benchmarks/onedim.py [--model mnist-1d] [--lengths 1,2,4,8,16,32] [--limit N] [--record] [--json PATH]
+    python benchmarks/onedim.py [--model mnist-1d] [--lengths 1,2,4,8,16,32,48] [--limit N] [--record] [--json PATH]
 
 Every MNIST test digit is encoded to its K tokens; the first k are decoded (the rest replaced by
 the decoder's learned "dropped" embedding, as nested dropout trains it) and scored against the
@@ -24,13 +24,14 @@ from arvision.outputs import write_json, write_text
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="mnist-1d")
-    p.add_argument("--lengths", default="1,2,4,8,16,32", help="prefix lengths k, comma-separated")
+    p.add_argument("--lengths", help="prefix lengths k, comma-separated (default: 1, 2, 4, ... and the full length)")
     p.add_argument("--limit", type=int, help="the first N test digits only (default: all 10,000)")
     p.add_argument("--record", action="store_true", help="write the table into the model's card")
     p.add_argument("--json", help="also write the table as JSON here")
     args = p.parse_args()
     tok = load_tokenizer(args.model)
-    lengths = [int(k) for k in args.lengths.split(",")]
+    K = tok.num_tokens
+    lengths = [int(k) for k in args.lengths.split(",")] if args.lengths else sorted({*(2**i for i in range(K.bit_length()) if 2**i < K), K})
     data = get_dataset("mnist", split="test", image_size=tok.config.image_size, channels=tok.config.in_channels)
     table = evaluate_prefixes(tok, data, lengths, limit=args.limit)
     n = next(iter(table.values()))["num_images"]

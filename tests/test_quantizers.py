@@ -144,10 +144,10 @@ def test_settings_that_do_not_fit_are_clear_errors(kw: dict, match: str) -> None
 # -- the shipped tokenizers (issue 15: >= 24 dB PSNR, usage >= 90 % at mnist-vq's 8 bits per token) --------------
 
 
-@pytest.mark.parametrize("name", ["mnist-fsq", "mnist-lfq", "mnist-bsq", "mnist-fq"])
+@pytest.mark.parametrize("name", ["mnist-fsq", "mnist-lfq", "mnist-bsq", "mnist-fq", "mnist-1d"])
 def test_shipped_tokenizers_reach_the_figures(name: str) -> None:
     tok = arvision.load(name)
-    assert tok.codebook_size == 256 and tok.num_tokens == 49  # the bit budget of mnist-vq
+    assert tok.codebook_size == 256 and tok.num_tokens <= 49  # the bit budget of mnist-vq (1-D: 48 tokens)
     test = get_dataset("mnist", split="test", image_size=28, channels=1)
     m = evaluate_tokenizer(tok, test, limit=2000, progress=False)
     assert m["psnr"] >= 24.0 and m["codebook_usage"] >= 90.0, m

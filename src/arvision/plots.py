@@ -62,10 +62,12 @@ def line_plot(series: dict[str, list[tuple[float, float]]], path: str | os.PathL
         return m + (x - x0) / (x1 - x0) * (W - 2 * m), H - m - y / y1 * (H - 2 * m)
 
     d.line([(m, m), (m, H - m), (W - m, H - m)], fill="black", width=2)
-    for k in range(6):
-        xx, _ = px(x0 + (x1 - x0) * k / 5, 0)
+    xs = sorted({x for x, _ in pts})
+    for x in xs if len(xs) <= 12 else [x0 + (x1 - x0) * k / 5 for k in range(6)]:  # ticks at the points when few
+        xx, _ = px(x, 0)
         d.line([(xx, H - m), (xx, H - m + 6)], fill="black")
-        d.text((xx - 12, H - m + 10), f"{x0 + (x1 - x0) * k / 5:.4g}", fill="black")
+        d.text((xx - 12, H - m + 10), f"{x:.4g}", fill="black")
+    for k in range(6):
         _, yy = px(x0, y1 * k / 5)
         d.line([(m - 6, yy), (m, yy)], fill="black")
         d.text((m - 45, yy - 6), f"{y1 * k / 5:.3g}", fill="black")
@@ -78,6 +80,6 @@ def line_plot(series: dict[str, list[tuple[float, float]]], path: str | os.PathL
             d.line(xy, fill=c, width=2)
         for cx, cy in xy:
             d.ellipse([cx - 4, cy - 4, cx + 4, cy + 4], fill=c)
-        d.text((W - m - 160, m + 16 * i), name, fill=c)
+        d.text((W - m - d.textlength(name), m + 16 * i), name, fill=c)  # right-aligned inside the frame
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     img.save(path)

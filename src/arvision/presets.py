@@ -322,7 +322,7 @@ GENERATOR_PRESETS: dict[str, GeneratorPreset] = {
     "mnist-raster": GeneratorPreset(
         "MNIST class-conditional raster next-token generator (LlamaGen-style) on mnist-vq, 7x7 tokens",
         NextTokenGenerator, llamagen_backbone(6, 128, 4), "mnist-vq",
-        GeneratorTrainConfig(steps=2500, batch_size=64, lr=2e-3), SamplingConfig(cfg=2.0, top_k=0),
+        GeneratorTrainConfig(steps=2500, batch_size=64, lr=2e-3), SamplingConfig(cfg=1.6, top_k=0),  # calibrated (docs/calibration.md)
     ),  # fmt: skip
     "mnist-raster-draft": GeneratorPreset(
         "MNIST draft model for speculative decoding of mnist-raster: raster next-token, depth 2, on mnist-vq",
@@ -332,7 +332,7 @@ GENERATOR_PRESETS: dict[str, GeneratorPreset] = {
     "mnist-scale": GeneratorPreset(
         "MNIST class-conditional next-scale generator (VAR-style) on mnist-msvq, scales 1-7",
         NextScaleGenerator, var_backbone(6, 128, 4), "mnist-msvq",
-        GeneratorTrainConfig(steps=1500, batch_size=64, lr=2e-3), SamplingConfig(cfg=2.0, cfg_schedule="linear"),
+        GeneratorTrainConfig(steps=1500, batch_size=64, lr=2e-3), SamplingConfig(cfg=0.5, cfg_schedule="linear"),
     ),  # fmt: skip
     "mnist-scale-refiner": GeneratorPreset(
         "MNIST next-scale refiner for collaborative decoding (CoDe) with mnist-scale: depth 2, trained on scales 3x3-7x7 only",
@@ -351,17 +351,17 @@ GENERATOR_PRESETS: dict[str, GeneratorPreset] = {
     "mnist-masked": GeneratorPreset(
         "MNIST class-conditional masked generator (MaskGIT-style, 8 steps by default) on mnist-vq, 7x7 tokens",
         MaskedGenerator, llamagen_backbone(6, 128, 4), "mnist-vq",
-        GeneratorTrainConfig(steps=2500, batch_size=64, lr=2e-3), SamplingConfig(cfg=2.0),
+        GeneratorTrainConfig(steps=2500, batch_size=64, lr=2e-3), SamplingConfig(cfg=1.5, choice_temperature=15.0),
     ),  # fmt: skip
     "mnist-neighbor": GeneratorPreset(
         "MNIST class-conditional next-neighbour generator (NAR-style, 13 ring steps) on mnist-vq, 7x7 tokens",
         NeighborGenerator, llamagen_backbone(6, 128, 4), "mnist-vq",
-        GeneratorTrainConfig(steps=2500, batch_size=64, lr=2e-3), SamplingConfig(cfg=2.0),
+        GeneratorTrainConfig(steps=2500, batch_size=64, lr=2e-3), SamplingConfig(cfg=1.5),
     ),  # fmt: skip
     "mnist-markov-scale": GeneratorPreset(
         "MNIST class-conditional Markovian next-scale generator (HMAR-style, no KV cache, optional refinement) on mnist-msvq",
         MarkovScaleGenerator, var_backbone(6, 128, 4), "mnist-msvq",
-        GeneratorTrainConfig(steps=1500, batch_size=64, lr=2e-3), SamplingConfig(cfg=2.0, cfg_schedule="linear"),
+        GeneratorTrainConfig(steps=1500, batch_size=64, lr=2e-3), SamplingConfig(cfg=0.5, cfg_schedule="linear"),
         {"refine": True},
     ),  # fmt: skip
     "mnist-mar": GeneratorPreset(
@@ -409,7 +409,7 @@ GENERATOR_PRESETS["mnist-flexvar"] = GeneratorPreset(
     "MNIST class-conditional FlexVAR generator (next-scale without residuals, VAR backbone) on mnist-flexscale: "
     "trained on random schedules of sides 1-7, sampled with any schedule of sides up to 14 (56 px)",
     FlexVARGenerator, var_backbone(6, 128, 4), "mnist-flexscale",
-    GeneratorTrainConfig(steps=1500, batch_size=64, lr=2e-3), SamplingConfig(cfg=2.0, cfg_schedule="linear"),
+    GeneratorTrainConfig(steps=1500, batch_size=64, lr=2e-3), SamplingConfig(cfg=0.5, cfg_schedule="linear"),
 )
 
 
@@ -419,10 +419,10 @@ GENERATOR_PRESETS["tiny-1d-raster"] = GeneratorPreset(
     "tiny-1d", _TINY_GEN_TRAIN, SamplingConfig(cfg=2.0),
 )
 GENERATOR_PRESETS["mnist-1d-raster"] = GeneratorPreset(
-    "MNIST class-conditional next-token generator (LlamaGen-style, 1-D RoPE) on mnist-1d's 32-token sequences; "
+    "MNIST class-conditional next-token generator (LlamaGen-style, 1-D RoPE) on mnist-1d's 48-token sequences; "
     "num_tokens=k draws the first k tokens (a coarser image in k passes)",
     SequenceGenerator, llamagen_backbone(6, 128, 4), "mnist-1d",
-    GeneratorTrainConfig(steps=3000, batch_size=64, lr=2e-3), SamplingConfig(cfg=2.0),
+    GeneratorTrainConfig(steps=3000, batch_size=64, lr=2e-3), SamplingConfig(cfg=1.5),
 )
 
 def get_generator_preset(name: str) -> GeneratorPreset:
@@ -443,7 +443,7 @@ GENERATOR_PRESETS["mnist-ctf"] = GeneratorPreset(
     "MNIST class-conditional coarse-to-fine generator (CTF) on mnist-vq, 7x7 tokens: raster next-token over 32 k-means "
     "clusters of the 256 codes, then every code in one bidirectional pass (49 + 1 passes)",
     CTFGenerator, llamagen_backbone(6, 128, 4), "mnist-vq",
-    GeneratorTrainConfig(steps=2000, batch_size=64, lr=2e-3), SamplingConfig(cfg=2.0),
+    GeneratorTrainConfig(steps=2000, batch_size=64, lr=2e-3), SamplingConfig(cfg=1.5),
     {"num_coarse": 32, "fine_depth": 2},
 )  # fmt: skip
 

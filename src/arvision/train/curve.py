@@ -67,9 +67,9 @@ class TrainingCurve:
         self.points.append(point)
         self.points.sort(key=lambda p: p["step"])
         self.save()
-        if self.progress:
-            print(f"\nstep {step}: MNIST-FID {point['fid']:.2f}, class accuracy {100 * point['class_accuracy']:.2f} % "
-                  f"({point['samples']} samples, {point['seconds']:.0f} s)", flush=True)  # fmt: skip
+        after_bar = "\n" if self.progress else ""  # one line per point, also with --no-progress (a log of the run)
+        print(f"{after_bar}step {step}: MNIST-FID {point['fid']:.2f}, class accuracy {100 * point['class_accuracy']:.2f} % "
+              f"({point['samples']} samples, {point['seconds']:.0f} s)", flush=True)  # fmt: skip
         return point
 
     def save(self) -> None:
