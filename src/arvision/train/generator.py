@@ -270,7 +270,9 @@ def train_generator(
             bar.update(1)
             scored = tc.eval_every > 0 and (step % tc.eval_every == 0 or step == tc.steps)
             if scored:  # before the checkpoint, so that the checkpoint holds the point
+                t_eval = time.time()
                 evaluate(step)
+                t0 += time.time() - t_eval  # training time and tokens/s leave the evaluation out
             if step % tc.ckpt_every == 0 or step == tc.steps or scored or (stop_after is not None and step >= stop_after):
                 run["seconds"] = run.get("seconds", 0.0) + time.time() - t0
                 run["tokens_per_s"] = tokens_seen / max(time.time() - t0, 1e-9)
