@@ -11,6 +11,21 @@ from PIL import Image, ImageDraw
 _COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
 
 
+def _axes(d: ImageDraw.ImageDraw, W: int, H: int, m: int, x_ticks: list[tuple[float, str]], y_ticks: list[tuple[float, str]],
+          title: str, xlabel: tuple[float, str]) -> None:
+    """The frame of a W x H plot with margin m: left and bottom axes, ticks at the given pixel
+    positions with their labels, the title top left and the x label at (its x position, text)."""
+    d.line([(m, m), (m, H - m), (W - m, H - m)], fill="black", width=2)
+    for x, label in x_ticks:
+        d.line([(x, H - m), (x, H - m + 6)], fill="black")
+        d.text((x - 12, H - m + 10), label, fill="black")
+    for y, label in y_ticks:
+        d.line([(m - 6, y), (m, y)], fill="black")
+        d.text((m - 45, y - 6), label, fill="black")
+    d.text((xlabel[0], H - 30), xlabel[1], fill="black")
+    d.text((10, 20), title, fill="black")
+
+
 def scatter_plot(points: list[tuple[str, float, float]], path: str | os.PathLike, title: str, xlabel: str) -> None:
     """PNG scatter of labelled (label, x, y) points, x on a log scale."""
     W, H, m = 900, 560, 70
@@ -23,17 +38,8 @@ def scatter_plot(points: list[tuple[str, float, float]], path: str | os.PathLike
     def px(lx: float, y: float) -> tuple[float, float]:
         return m + (lx - x0) / (x1 - x0) * (W - 2 * m), H - m - y / y1 * (H - 2 * m)
 
-    d.line([(m, m), (m, H - m), (W - m, H - m)], fill="black", width=2)
-    for k in range(int(x0 * 2), int(x1 * 2) + 1):
-        x, _ = px(k / 2, 0)
-        d.line([(x, H - m), (x, H - m + 6)], fill="black")
-        d.text((x - 12, H - m + 10), f"{10 ** (k / 2):.3g}", fill="black")
-    for k in range(6):
-        _, yy = px(x0, y1 * k / 5)
-        d.line([(m - 6, yy), (m, yy)], fill="black")
-        d.text((m - 45, yy - 6), f"{y1 * k / 5:.1f}", fill="black")
-    d.text((W / 2 - 120, H - 30), xlabel, fill="black")
-    d.text((10, 20), title, fill="black")
+    x_ticks = [(px(k / 2, 0)[0], f"{10 ** (k / 2):.3g}") for k in range(int(x0 * 2), int(x1 * 2) + 1)]
+    _axes(d, W, H, m, x_ticks, [(px(x0, y1 * k / 5)[1], f"{y1 * k / 5:.1f}") for k in range(6)], title, (W / 2 - 120, xlabel))
     taken: list[tuple[float, float, float, float]] = []  # label boxes drawn so far: a new label moves below them
     for i, (label, x, y) in enumerate(points):
         cx, cy = px(math.log10(x), y)
@@ -61,18 +67,9 @@ def line_plot(series: dict[str, list[tuple[float, float]]], path: str | os.PathL
     def px(x: float, y: float) -> tuple[float, float]:
         return m + (x - x0) / (x1 - x0) * (W - 2 * m), H - m - y / y1 * (H - 2 * m)
 
-    d.line([(m, m), (m, H - m), (W - m, H - m)], fill="black", width=2)
     xs = sorted({x for x, _ in pts})
-    for x in xs if len(xs) <= 12 else [x0 + (x1 - x0) * k / 5 for k in range(6)]:  # ticks at the points when few
-        xx, _ = px(x, 0)
-        d.line([(xx, H - m), (xx, H - m + 6)], fill="black")
-        d.text((xx - 12, H - m + 10), f"{x:.4g}", fill="black")
-    for k in range(6):
-        _, yy = px(x0, y1 * k / 5)
-        d.line([(m - 6, yy), (m, yy)], fill="black")
-        d.text((m - 45, yy - 6), f"{y1 * k / 5:.3g}", fill="black")
-    d.text((W / 2 - 60, H - 30), xlabel, fill="black")
-    d.text((10, 20), title, fill="black")
+    x_ticks = [(px(x, 0)[0], f"{x:.4g}") for x in (xs if len(xs) <= 12 else [x0 + (x1 - x0) * k / 5 for k in range(6)])]  # at the points when few
+    _axes(d, W, H, m, x_ticks, [(px(x0, y1 * k / 5)[1], f"{y1 * k / 5:.3g}") for k in range(6)], title, (W / 2 - 60, xlabel))
     for i, (name, line) in enumerate(series.items()):
         c = _COLORS[i % len(_COLORS)]
         xy = [px(x, y) for x, y in sorted(line)]
