@@ -89,8 +89,9 @@ def test_prefixes_decode_and_bad_tokens_are_clear_errors(variant: str) -> None:
                        (dict(nested_dropout=1.5), "nested_dropout"), (dict(width=30, num_heads=4), "width"),
                        (dict(stem="cnn"), "stem must be 'linear' or 'conv'"),
                        (dict(quantizer="lfq"), "quantizer must be 'vq' or 'fsq'"),
-                       (dict(FSQ, levels=(4, 4, 4)), r"FSQ levels \(4, 4, 4\) must give codebook_dim=3 channels .* product is codebook_size=32"),
-                       (dict(FSQ, levels=(4, 8)), "must give codebook_dim=3"),
+                       (dict(FSQ, levels=(4, 4, 4)), r"fsq levels \(4, 4, 4\) give 64 codes but codebook_size is 32"),
+                       (dict(FSQ, levels=(4, 8)), r"fsq levels \(4, 8\) quantize 2 channels but codebook_dim is 3"),
+                       (dict(FSQ, levels=()), "fsq needs levels"),
                        (dict(stem="conv", image_size=18, patch_size=3), "powers of 2: patch_size"),
                        (dict(stem="conv", conv_ch=6, conv_groups=4), r"conv_groups=4 must divide every conv width \[6, 12, 24\]")):  # fmt: skip
         with pytest.raises(ValueError, match=match):

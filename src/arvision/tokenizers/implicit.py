@@ -95,6 +95,19 @@ class _NoCodebook(nn.Module):
         raise NotImplementedError
 
 
+def check_fsq_levels(levels: Sequence[int], codebook_dim: int, codebook_size: int) -> None:
+    """A clear error unless ``levels`` are ints >= 2, one per latent channel (``codebook_dim``), whose
+    product is ``codebook_size`` (the settings every FSQ tokenizer takes)."""
+    if not levels or any(not isinstance(v, int) or v < 2 for v in levels):
+        raise ValueError(f"fsq needs levels: a tuple of ints >= 2, one per latent channel, e.g. (8, 6, 5); got {levels}")
+    if len(levels) != codebook_dim:
+        raise ValueError(f"fsq levels {levels} quantize {len(levels)} channels but codebook_dim is {codebook_dim}: "
+                         f"set codebook_dim={len(levels)} (one channel per level)")  # fmt: skip
+    if math.prod(levels) != codebook_size:
+        raise ValueError(f"fsq levels {levels} give {math.prod(levels)} codes but codebook_size is {codebook_size}: "
+                         f"set codebook_size={math.prod(levels)}")  # fmt: skip
+
+
 class FSQuantizer(_NoCodebook):
     """Finite scalar quantization over ``len(levels)`` channels.
 

@@ -44,7 +44,7 @@ from arvision.nn.conv import ConvDecoder, ConvEncoder
 from arvision.nn.transformer import Transformer, TransformerConfig
 from arvision.tokenizers.base import Tokenizer, TokenizerOutput
 from arvision.tokenizers.layout import TokenLayout
-from arvision.tokenizers.implicit import FSQuantizer
+from arvision.tokenizers.implicit import FSQuantizer, check_fsq_levels
 from arvision.tokenizers.quantizers import VectorQuantizer
 
 
@@ -113,9 +113,7 @@ class OneDimConfig(Config):
         if self.quantizer not in ("vq", "fsq"):
             raise ValueError(f"quantizer must be 'vq' or 'fsq' for a 1-D tokenizer, got {self.quantizer!r}")
         if self.quantizer == "fsq":
-            if len(self.levels) != self.codebook_dim or math.prod(self.levels) != self.codebook_size or min(self.levels, default=0) < 2:
-                raise ValueError(f"FSQ levels {self.levels} must give codebook_dim={self.codebook_dim} channels of >= 2 levels "
-                                 f"whose product is codebook_size={self.codebook_size}")  # fmt: skip
+            check_fsq_levels(self.levels, self.codebook_dim, self.codebook_size)
         if self.stem not in ("linear", "conv"):
             raise ValueError(f"stem must be 'linear' or 'conv', got {self.stem!r}")
         if self.stem == "conv":

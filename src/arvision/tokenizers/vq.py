@@ -8,7 +8,6 @@ lookup-free bits (``lfq``) or binary spherical bits (``bsq``), or K factorized s
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -17,7 +16,7 @@ from torch import Tensor, nn
 from arvision.modeling import register_model
 from arvision.tokenizers.base import AutoencoderConfig, ConvTokenizer
 from arvision.tokenizers.layout import TokenLayout
-from arvision.tokenizers.implicit import MAX_BITS, FactorizedQuantizer, FSQuantizer, LookupFreeQuantizer
+from arvision.tokenizers.implicit import MAX_BITS, FactorizedQuantizer, FSQuantizer, LookupFreeQuantizer, check_fsq_levels
 from arvision.tokenizers.quantizers import VectorQuantizer
 
 QUANTIZERS = ("vq", "fsq", "lfq", "bsq", "fq")
@@ -53,14 +52,7 @@ class VQConfig(AutoencoderConfig):
         if q != "fq" and self.num_codebooks != 1:
             raise ValueError(f"num_codebooks is a setting of the fq quantizer, not of {q!r}; drop it or set quantizer='fq'")
         if q == "fsq":
-            if not self.levels or any(not isinstance(v, int) or v < 2 for v in self.levels):
-                raise ValueError(f"fsq needs levels: a tuple of ints >= 2, one per latent channel, e.g. (8, 6, 5); got {self.levels}")
-            if len(self.levels) != D:
-                raise ValueError(f"fsq levels {self.levels} quantize {len(self.levels)} channels but codebook_dim is {D}: "
-                                 f"set codebook_dim={len(self.levels)} (one channel per level)")  # fmt: skip
-            if math.prod(self.levels) != V:
-                raise ValueError(f"fsq levels {self.levels} give {math.prod(self.levels)} codes but codebook_size is {V}: "
-                                 f"set codebook_size={math.prod(self.levels)}")  # fmt: skip
+            check_fsq_levels(self.levels, D, V)
         if q in ("lfq", "bsq"):
             if D > MAX_BITS:
                 raise ValueError(f"{q} with codebook_dim={D} would have 2^{D} codes; at most {MAX_BITS} bits are supported "
