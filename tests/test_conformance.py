@@ -63,8 +63,11 @@ def test_settings_the_order_cannot_use_are_rejected(preset: str) -> None:
     for name in ORDER_SETTINGS:
         value = {"num_steps": 2, "choice_temperature": 1.0, "decoding": "sjd", "window": 3, "jacobi_init": "spatial", "lantern_k": 2,
                  "lantern_delta": 0.2, "draft_scales": 2, "depth_schedule": (1, 1, 1, 1), "scales": (1, 2),
-                 "num_tokens": 2}[name]  # fmt: skip
-        if name in gen.order_class.own_settings:
+                 "num_tokens": 2, "constrained": True}[name]  # fmt: skip
+        if name == "constrained" and name in gen.order_class.own_settings and tok.grammar() is None:
+            with pytest.raises(ValueError, match="constrained=True needs a tokenizer"):
+                pipe.sample([1], 1, constrained=True)
+        elif name in gen.order_class.own_settings:
             pipe.sampling_config(**{name: value})  # accepted
         else:
             with pytest.raises(ValueError, match=f"{name}.*{gen.order} order"):

@@ -187,3 +187,62 @@ def test_pipeline_counts_streams_that_do_not_decode() -> None:
     res = run_decode(gen, tok, torch.tensor([1, 2, 3]), SamplingConfig(), prior_BL=real, known_BL=torch.ones_like(real, dtype=torch.bool))
     images, ok = gen.order_class(gen, tok).images_ok(res.state)
     assert ok.all() and torch.equal(images, tok.decode(real))
+
+
+# -- grammar-constrained decoding (tokenizers/grammar.py, ScanGrammar) --------------------------------
+def test_the_grammar_accepts_exactly_what_the_scan_check_accepts(tok: JpegTokenizer, digits: torch.Tensor) -> None:
+    g = tok.grammar()
+    real = tok.encode(digits[:16]).tolist()
+    assert all(g.accepts(r) for r in real)
+    rng = np.random.default_rng(0)
+    agree = valid = 0
+    for r in real:  # one changed byte (or a cut) in each real stream: same verdict as check_scan
+        end = r.index(tok.end_id)
+        for _ in range(6):
+            m = list(r)
+            i = int(rng.integers(end))
+            m[i] = int(rng.integers(256)) if rng.random() < 0.8 else tok.end_id
+            ref = tok.end_id in m and check_scan(bytes(m[: m.index(tok.end_id)]), tok._spec)
+            ref = ref and all(t == tok.pad_id for t in m[m.index(tok.end_id) + 1 :])
+            agree += g.accepts(m) == ref
+            valid += ref
+    assert agree == 96 and 0 < valid < 96
+    assert not g.accepts(real[0][:-1] + [0])  # a byte after the end token
+
+
+def test_the_length_bound_never_exceeds_the_real_remainder(tok: JpegTokenizer, digits: torch.Tensor) -> None:
+    g = tok.grammar()
+    for r in tok.encode(digits[:8]).tolist():
+        state, left = g.start(1), r.index(tok.end_id) + 1
+        for i, t in enumerate(r[:left]):
+            assert int(g._min_table[int(state)]) <= left - i  # a lower bound: it never rules out a real stream
+            state = g.advance(state, torch.tensor([t]))
+        assert int(g._min_table[int(state)]) == 0
+
+
+def test_constrained_sampling_decodes_every_stream_of_an_untrained_model() -> None:
+    gp, tp = GENERATOR_PRESETS["tiny-jpeg"], TOKENIZER_PRESETS["tiny-jpeg"]
+    tok = JpegTokenizer(tp.config)
+    torch.manual_seed(0)
+    pipe = Pipeline(tok, gp.model_class(gp.build_config(tok, 10)))
+    free = pipe.sample(list(range(10)), 3, seed=0)
+    assert free.stats.undecodable > 20  # random bytes almost never form a scan
+    out = pipe.sample(list(range(10)), 3, seed=0, constrained=True)
+    assert out.stats.undecodable == 0 and tok.decode(out.tokens, return_ok=True)[1].all()
+    assert torch.equal(out.tokens, pipe.sample(list(range(10)), 3, seed=0, constrained=True).tokens)  # seeded
+
+
+def test_constrained_is_refused_where_it_cannot_apply() -> None:
+    gp, tp = GENERATOR_PRESETS["tiny-jpeg"], TOKENIZER_PRESETS["tiny-jpeg"]
+    tok = JpegTokenizer(tp.config)
+    pipe = Pipeline(tok, gp.model_class(gp.build_config(tok, 10)))
+    with pytest.raises(ValueError, match="num_tokens"):
+        pipe.sample([1], 1, constrained=True, num_tokens=5)
+    with pytest.raises(ValueError, match="constrained must be True or False"):
+        SamplingConfig(constrained="yes")
+    gen = GENERATOR_PRESETS["tiny-raster"]
+    from arvision.tokenizers import VQTokenizer
+
+    vq = VQTokenizer(TOKENIZER_PRESETS[gen.tokenizer].config)
+    with pytest.raises(ValueError, match="constrained"):
+        Pipeline(vq, gen.model_class(gen.build_config(vq, 10))).sample([1], 1, constrained=True)

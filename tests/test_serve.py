@@ -415,3 +415,12 @@ def test_the_page_in_a_real_browser(server, tmp_path):
         assert decode_png(base64.b64encode(shot).decode()).shape[:2] == (860, 1200)
     finally:
         browser.close()
+
+
+def test_boolean_settings_take_json_booleans_and_the_pages_strings():
+    from arvision.serve.api import RequestError, _setting
+
+    assert _setting("constrained", True) is True and _setting("constrained", "false") is False
+    assert _setting("constrained", "") is None  # blank: the model's default
+    with pytest.raises(RequestError, match="constrained must be true or false"):
+        _setting("constrained", 1)

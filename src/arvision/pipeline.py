@@ -115,7 +115,7 @@ class Pipeline:
         if unknown:
             raise TypeError(f"unknown sampling option(s) {sorted(unknown)}")
         s = self.defaults.replace(**{k: v for k, v in overrides.items() if v is not None})
-        check_settings(self.generator, s)
+        check_settings(self.generator, s, self.tokenizer)
         return s
 
     def class_ids(self, classes: Sequence[int] | int) -> list[int]:
@@ -266,7 +266,7 @@ class Pipeline:
         if budget is None:
             raise ValueError("search='tts-var' needs budget=N: the compute of N plain decodings per image")
         check_budget(budget)
-        groups = check_settings(self.generator, s)[-1].group + 1
+        groups = check_settings(self.generator, s, self.tokenizer)[-1].group + 1
         first = search.schedule(groups, budget)[0][0]
 
         def run(generator, tokenizer, labels, s, rng, progress, **_):

@@ -61,6 +61,9 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-tokens", type=int,
                    help="1-D token sequences (next-token-1d order): generate only the first k tokens (k forward passes) "
                         "and decode that prefix (default: all)")  # fmt: skip
+    p.add_argument("--constrained", action=argparse.BooleanOptionalAction, default=None,
+                   help="JPEG bytes: grammar-constrained decoding, only bytes that keep the stream decodable are drawn "
+                        "(default: the model's; --no-constrained samples freely)")  # fmt: skip
     add_precision_arg(p)
     add_search_args(p)
 
@@ -93,7 +96,7 @@ def sampling_kwargs(args: argparse.Namespace) -> dict:
             "choice_temperature": args.choice_temperature, "decoding": args.decoding, "window": args.window,
             "jacobi_init": args.jacobi_init, "draft_scales": args.draft_scales, "depth_schedule": args.depth_schedule,
             "lantern_k": args.lantern_k, "lantern_delta": args.lantern_delta, "diffusion_steps": args.diffusion_steps,
-            "scales": args.scales, "num_tokens": args.num_tokens}  # fmt: skip
+            "scales": args.scales, "num_tokens": args.num_tokens, "constrained": args.constrained}  # fmt: skip
 
 
 def model_kwargs(args: argparse.Namespace) -> dict:

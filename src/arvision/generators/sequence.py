@@ -11,7 +11,9 @@ forward passes, is chosen at sampling time.
 
 Sequences of variable length (``end_id``/``pad_id`` from the tokenizer's layout, JPEG bytes): every
 token after a row's first ``end_id`` is ``pad_id``, whatever the model samples there, so a sampled
-sequence is always a valid end-padded sequence.
+sequence is always a valid end-padded sequence. ``constrained`` (a sampling setting) goes further
+for tokenizers with a grammar (JPEG bytes, ``tokenizer.grammar()``): at every step the tokens that
+would leave the row no valid completion get probability 0.
 
 Legend: B batch, L tokens of the layout, k tokens generated, C width, V vocabulary, Dh head width.
 """
@@ -28,6 +30,7 @@ from arvision.generators.next_token import NextTokenGenerator, NextTokenOrder
 from arvision.modeling import register_model
 from arvision.samplers.config import SamplingConfig
 from arvision.samplers.order import DecodeState, Step, register_order
+from arvision.tokenizers.grammar import TokenGrammar
 
 POSITIONS = ("rope1d", "learned")
 
@@ -84,16 +87,30 @@ class SequenceOrder(NextTokenOrder):
     tokens (default: all of them). The state then holds those k tokens, which the tokenizer decodes."""
 
     name = "next-token-1d"
-    own_settings = ("num_tokens",)
+    own_settings = ("num_tokens", "constrained")
     length: int | None = None  # tokens of the last plan
+    grammar: TokenGrammar | None = None  # constrained decoding: the tokenizer's automaton
+
+    def check(self, s: SamplingConfig) -> None:
+        super().check(s)
+        if s.constrained and (self.tokenizer is None or self.tokenizer.grammar() is None):
+            what = "no tokenizer was given" if self.tokenizer is None else f"{type(self.tokenizer).__name__} has no grammar"
+            raise ValueError(f"constrained=True needs a tokenizer that says which sequences are valid (JPEG bytes), but {what}: "
+                             "every id sequence of this tokenizer decodes, so leave constrained unset")  # fmt: skip
 
     def plan(self, s: SamplingConfig) -> list[Step]:
         self.length = self.generator.check_num_tokens(s.num_tokens)
+        if s.constrained and self.length != self.generator.num_tokens:
+            raise ValueError(f"constrained decoding checks whole sequences: num_tokens={s.num_tokens} cuts them to "
+                             f"{self.length} of {self.generator.num_tokens} tokens; leave num_tokens unset")  # fmt: skip
+        self.grammar = self.tokenizer.grammar() if s.constrained else None
         return [Step(i, i, i, i + 1) for i in range(self.length)]
 
     def start(self, batch_size: int, prior_BL: Tensor | None, known_BL: Tensor | None, device: torch.device) -> DecodeState:
         """The state over the first k tokens (``prior_BL``/``known_BL``, if given, cover all L and are cut to k)."""
         state = super().start(batch_size, prior_BL, known_BL, device)
+        if self.grammar is not None:
+            state.extra["grammar"] = self.grammar.start(batch_size, device)  # (B,) automaton state per row
         k = self.length if self.length is not None else self.generator.num_tokens
         if k == state.tokens_BL.shape[1]:
             return state
@@ -102,8 +119,16 @@ class SequenceOrder(NextTokenOrder):
 
     def update(self, state: DecodeState, step: Step, logits_BTV: Tensor, sampler) -> None:
         """Sample the step's tokens; then, for variable-length sequences, every decided token after a
-        row's first end token becomes padding (tokens fixed by the caller stay as they are)."""
-        super().update(state, step, logits_BTV, sampler)
+        row's first end token becomes padding (tokens fixed by the caller stay as they are).
+        Constrained decoding: tokens the grammar rules out get probability 0 before the draw."""
+        if self.grammar is not None:
+            g, i = state.extra["grammar"], step.start
+            allowed_BV = self.grammar.allowed(g, self.generator.num_tokens - i)
+            logits_BTV = logits_BTV.masked_fill(~allowed_BV[:, None, :], float("-inf"))
+            super().update(state, step, logits_BTV, sampler)
+            state.extra["grammar"] = self.grammar.advance(g, state.tokens_BL[:, i])
+        else:
+            super().update(state, step, logits_BTV, sampler)
         c = self.generator.config
         if c.end_id is None:
             return

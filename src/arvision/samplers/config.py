@@ -55,6 +55,10 @@ class SamplingConfig(Config):
 
     1-D token sequences (``next-token-1d`` order): ``num_tokens`` = k generates only the first k
     tokens (k forward passes) and the tokenizer decodes that prefix (None = all of them).
+    ``constrained``: grammar-constrained decoding for tokenizers whose token sequences can be
+    invalid (JPEG bytes): tokens that would leave the sequence no valid completion within the
+    layout's length get probability 0 and the rest are renormalised
+    (``arvision.tokenizers.grammar``); plain decoding only.
     """
 
     cfg: float = 1.0
@@ -75,6 +79,7 @@ class SamplingConfig(Config):
     diffusion_steps: int | None = None
     scales: tuple[int, ...] | None = None
     num_tokens: int | None = None
+    constrained: bool = False
 
     def __post_init__(self) -> None:
         if self.cfg_schedule not in CFG_SCHEDULES:
@@ -123,6 +128,9 @@ class SamplingConfig(Config):
                                             or self.num_tokens < 1):  # fmt: skip
             raise ValueError(f"num_tokens must be a positive number of tokens (None = all of them), got {self.num_tokens!r}")
 
+        if not isinstance(self.constrained, bool):
+            raise ValueError(f"constrained must be True or False (grammar-constrained decoding), got {self.constrained!r}")
+
     def guided(self) -> bool:
         return self.cfg != (0.0 if self.cfg_schedule == "linear" else 1.0)
 
@@ -133,6 +141,6 @@ class SamplingConfig(Config):
 
 # settings only some orders read (each order lists its own in Order.own_settings)
 ORDER_SETTINGS = ("num_steps", "choice_temperature", "decoding", "window", "jacobi_init", "lantern_k", "lantern_delta",
-                  "draft_scales", "depth_schedule", "scales", "num_tokens")  # fmt: skip
+                  "draft_scales", "depth_schedule", "scales", "num_tokens", "constrained")  # fmt: skip
 # settings only some heads read (each head lists its own in ``own_settings``; categorical: top_k, top_p)
 HEAD_SETTINGS = ("top_k", "top_p", "diffusion_steps")

@@ -106,9 +106,10 @@ def guide(head, out_RTV: Tensor, B: int, s: SamplingConfig, group: int, num_grou
     return head.guide(out_RTV[:B], out_RTV[B:], weight, s.cfg_schedule), weight
 
 
-def check_settings(generator: Decoder, s: SamplingConfig) -> list[Step]:
-    """The plan of ``generator``'s order for ``s``: a clear error for any setting it cannot use."""
-    order = generator.order_class(generator)
+def check_settings(generator: Decoder, s: SamplingConfig, tokenizer=None) -> list[Step]:
+    """The plan of ``generator``'s order for ``s``: a clear error for any setting it cannot use
+    (``tokenizer``: for settings that depend on it, constrained decoding)."""
+    order = generator.order_class(generator, tokenizer)
     order.check(s)
     return order.plan(s)
 

@@ -244,7 +244,7 @@ def tts_var(generator, tokenizer, labels_Q: Tensor, s: SamplingConfig, rng: Rng,
             budget: int, config: TTSVAR, progress: bool = False) -> tuple[DecodeOutput, Tensor, Tensor]:  # fmt: skip
     """(output, images in [-1, 1], scores) of TTS-VAR for every request (see the module docstring)."""
     t0 = time.perf_counter()
-    groups = check_settings(generator, s)[-1].group + 1
+    groups = check_settings(generator, s, tokenizer)[-1].group + 1
     if generator.order_class.preview is Order.preview:  # no partial image to score
         raise ValueError(f"search='tts-var' scores partial images between scales, which the {generator.order_class.name} order does not "
                          "have: use it with a next-scale model (e.g. mnist-scale), or search='best-of-n' for any order")  # fmt: skip

@@ -23,7 +23,7 @@ from arvision.samplers.order import Order
 
 SEED_LIMIT = 2**63  # torch.Generator.manual_seed takes seeds below this
 
-# name -> (kind, help); kind: float | int | choice | ints (comma-separated integers)
+# name -> (kind, help); kind: float | int | bool | choice | ints (comma-separated integers)
 SETTINGS: dict[str, tuple[str, str]] = {
     "cfg": ("float", "guidance strength (classifier-free guidance; the model's schedule decides what 'off' is)"),
     "temperature": ("float", "sampling temperature (> 0)"),
@@ -38,6 +38,7 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "scales": ("ints", "FlexVAR: side of every step's token map, coarse to fine, e.g. 1,2,4,7 (blank = the model's)"),
     "num_tokens": ("int", "1-D token sequences: generate only the first k tokens and decode that prefix (blank = all)"),
     "diffusion_steps": ("int", "denoising steps per token of the diffusion head (blank = the head's default)"),
+    "constrained": ("bool", "grammar-constrained decoding (JPEG bytes): only tokens that keep the stream decodable are drawn"),
 }
 CHOICES = {"decoding": ("plain", "sjd"), "jacobi_init": ("random", "spatial")}
 # what needs a second model (a draft for speculative decoding and LANTERN, a refiner for CoDe), which a request cannot name
@@ -137,6 +138,12 @@ def _setting(name: str, value: Any) -> Any:
         value = _int(value, name)
         if value > MAX_SETTING.get(name, value):
             raise RequestError(f"{name}={value} is more than the {MAX_SETTING[name]} this server allows")
+        return value
+    if kind == "bool":
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        if not isinstance(value, bool):
+            raise RequestError(f"{name} must be true or false, got {value!r}")
         return value
     if kind == "ints":
         if isinstance(value, str):

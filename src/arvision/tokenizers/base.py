@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Sequence
+from typing import TYPE_CHECKING, Callable, ClassVar, Sequence
 
 import torch
 from PIL import Image
@@ -22,6 +22,9 @@ from arvision.config import Config
 from arvision.modeling import PretrainedModel
 from arvision.nn.conv import ConvDecoder, ConvEncoder
 from arvision.tokenizers.layout import TokenLayout
+
+if TYPE_CHECKING:
+    from arvision.tokenizers.grammar import TokenGrammar
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -134,6 +137,11 @@ class Tokenizer(PretrainedModel):
     @property
     def codebook_size(self) -> int:
         return self.config.codebook_size
+
+    def grammar(self) -> "TokenGrammar | None":
+        """The automaton of the valid token sequences, for grammar-constrained decoding
+        (``SamplingConfig.constrained``); None: every sequence of ids decodes."""
+        return None
 
     def bits_per_image(self) -> float | None:
         """Bits of one image's tokens as fixed-length codes: L * log2(V) ids (L * D * log2(levels)

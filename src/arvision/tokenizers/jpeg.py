@@ -22,6 +22,7 @@ Legend: B batch, C channels (1), S image side, L tokens (``max_len``).
 
 from __future__ import annotations
 
+import functools
 import io
 import warnings
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from torch import Tensor
 from arvision.config import Config
 from arvision.modeling import register_model
 from arvision.tokenizers.base import Tokenizer
+from arvision.tokenizers.grammar import TokenGrammar
 from arvision.tokenizers.layout import TokenLayout
 
 NUM_BYTES = 256
@@ -214,6 +216,7 @@ class JpegTokenizer(Tokenizer):
         header, _ = split_header(jpeg_bytes(np.zeros((config.image_size, config.image_size), np.uint8), config.quality))
         self.register_buffer("header", torch.frombuffer(bytearray(header), dtype=torch.uint8).clone())
         self._spec = parse_header(header)
+        self._grammar: ScanGrammar | None = None
 
     # -- layout ---------------------------------------------------------------------------------
     @property
@@ -235,6 +238,13 @@ class JpegTokenizer(Tokenizer):
 
     def _device(self) -> torch.device:
         return self.header.device
+
+    def grammar(self) -> "ScanGrammar":
+        """The automaton of the valid token rows (constrained decoding); one per tokenizer, it
+        keeps the states it has expanded."""
+        if self._grammar is None:
+            self._grammar = ScanGrammar(self._spec)
+        return self._grammar
 
     def header_bytes(self) -> bytes:
         return bytes(self.header.cpu().tolist())
@@ -328,3 +338,149 @@ class JpegTokenizer(Tokenizer):
         before :meth:`fit` (the header is shared by every image and not counted)."""
         mean = self.info.get("streams", {}).get("mean_bytes")
         return None if mean is None else 8 * float(mean)
+
+
+class ScanGrammar(TokenGrammar):
+    """The token sequences :meth:`JpegTokenizer.decode` accepts, as an automaton over bytes (see
+    :mod:`arvision.tokenizers.grammar`): the entropy-coded scan of exactly ``spec.blocks`` blocks
+    with the header's Huffman codes (what :func:`check_scan` checks, one byte at a time), every FF
+    in it followed by a stuffed 00, the last byte padded with 1-bits, then FF D9, END and PAD.
+
+    A state between bytes is ``("scan", bits, ff)``: ``bits`` where the bit reader stands
+    (``(blocks done, part, code prefix or bits left, next coefficient)``, part "dc"/"dcx"/"ac"/"acx")
+    and ``ff`` whether the last byte was a data FF (a 00 must follow); then ``("done", ff)`` once
+    every block is read, ``("eoi", n)`` after n bytes of FF D9, and ``("end",)`` after END.
+    """
+
+    def __init__(self, spec: ScanSpec) -> None:
+        super().__init__(NUM_BYTES + 2)
+        self.spec = spec
+        self.end_id, self.pad_id = NUM_BYTES, NUM_BYTES + 1
+        self._eob = min(len(c) for c, s in spec.ac.items() if s == 0x00)
+        self._block_min = min(len(c) + s for c, s in spec.dc.items() if s <= 11) + self._eob  # bits of the cheapest block
+
+    def initial(self) -> tuple:
+        return ("scan", (0, "dc", "", 0), False)
+
+    # -- the bit reader -------------------------------------------------------------------------
+    def _block_end(self, blocks: int) -> tuple:
+        return (blocks + 1, "pad", "", 0) if blocks + 1 == self.spec.blocks else (blocks + 1, "dc", "", 0)
+
+    @functools.lru_cache(maxsize=1 << 20)  # noqa: B019 - bit steps recur across the byte states
+    def _bit(self, st: tuple, bit: str) -> tuple | None:
+        """The reader's state after one more bit, or None if the bit makes the scan invalid."""
+        blocks, part, arg, k = st
+        if part == "pad":
+            return st if bit == "1" else None
+        if part in ("dcx", "acx"):
+            left = arg - 1
+            if left:
+                return (blocks, part, left, k)
+            if part == "acx" and k == 64:
+                return self._block_end(blocks)
+            return (blocks, "ac", "", k if part == "acx" else 1)
+        code = arg + bit
+        table = self.spec.dc if part == "dc" else self.spec.ac
+        sym = table.get(code)
+        if sym is None:
+            return (blocks, part, code, k) if self._live(part, code, k) else None
+        if part == "dc":
+            if sym > 11:
+                return None
+            return (blocks, "dcx", sym, 1) if sym else (blocks, "ac", "", 1)
+        run, size = sym >> 4, sym & 15
+        if size == 0:
+            if run == 0:  # end of block
+                return self._block_end(blocks)
+            if run != 15 or k + 16 > 64:
+                return None
+            return self._block_end(blocks) if k + 16 == 64 else (blocks, "ac", "", k + 16)
+        if k + run > 63:
+            return None
+        return (blocks, "acx", size, k + run + 1)
+
+    @functools.lru_cache(maxsize=None)  # noqa: B019 - (part, prefix, coefficient) keys: a few thousand
+    def _live(self, part: str, prefix: str, k: int) -> bool:
+        """Whether some code under ``prefix`` can be read at coefficient ``k`` (a run that would
+        pass coefficient 63 cannot, so near a block's end fewer codes are open)."""
+        if part == "dc":
+            return any(c.startswith(prefix) and s <= 11 for c, s in self.spec.dc.items())
+        for c, s in self.spec.ac.items():
+            if c.startswith(prefix):
+                run, size = s >> 4, s & 15
+                if (size == 0 and (run == 0 or (run == 15 and k + 16 <= 64))) or (size and k + run <= 63):
+                    return True
+        return False
+
+    def _bits_to_block_end(self, st: tuple) -> int:
+        """A lower bound on the bits that finish the current block."""
+        blocks, part, arg, k = st
+        eob = self._eob
+        if part == "pad":
+            return 0
+        if part == "dcx":
+            return arg + eob
+        if part == "acx":
+            return arg + (eob if k < 64 else 0)
+        return self._code_cost(part, arg)
+
+    @functools.lru_cache(maxsize=None)  # noqa: B019 - one grammar per tokenizer, a few hundred (part, prefix) keys
+    def _code_cost(self, part: str, arg: str) -> int:
+        """Bits that finish the block from a code prefix (lower bound): the cheapest code under it."""
+        eob = self._eob
+        table = self.spec.dc if part == "dc" else self.spec.ac
+        best = None
+        for code, sym in table.items():
+            if not code.startswith(arg):
+                continue
+            rest = len(code) - len(arg)
+            if part == "dc":
+                cost = rest + sym + eob if sym <= 11 else None
+            elif sym == 0x00:
+                cost = rest
+            else:
+                cost = rest + (sym & 15)
+            if cost is not None and (best is None or cost < best):
+                best = cost
+        return best if best is not None else 0
+
+    # -- the automaton over bytes -------------------------------------------------------------------
+    def transitions(self, state: tuple) -> dict[int, tuple]:
+        kind = state[0]
+        if kind == "end":
+            return {self.pad_id: state}
+        if kind == "eoi":
+            return {0xD9: ("eoi", 2)} if state[1] == 1 else {self.end_id: ("end",)}
+        if kind == "done":
+            return {0x00: ("done", False)} if state[1] else {0xFF: ("eoi", 1)}
+        _, bits, ff = state
+        if ff:
+            return {0x00: ("scan", bits, False)}
+        out: dict[int, tuple] = {}
+        self._bytes_from(bits, 0, 0, out)
+        return out
+
+    def _bytes_from(self, st: tuple, value: int, depth: int, out: dict[int, tuple]) -> None:
+        """Walk the 8 bits of a byte as a binary tree (prefixes shared: 510 bit steps per state,
+        not 2048): ``out[byte]`` = the state after each byte the reader accepts from ``st``."""
+        if depth == 8:
+            out[value] = ("done", value == 0xFF) if st[1] == "pad" else ("scan", st, value == 0xFF)
+            return
+        for bit in (0, 1):
+            nxt = self._bit(st, "01"[bit])
+            if nxt is not None:
+                self._bytes_from(nxt, 2 * value + bit, depth + 1, out)
+
+    def min_to_finish(self, state: tuple) -> int:
+        kind = state[0]
+        if kind == "end":
+            return 0
+        if kind == "eoi":
+            return 3 - state[1]
+        if kind == "done":
+            return 3 + state[1]
+        _, bits, ff = state
+        blocks, part = bits[0], bits[1]
+        later = self.spec.blocks - blocks - 1 if part != "pad" else 0
+        need = self._bits_to_block_end(bits) + later * self._block_min
+        return -(-need // 8) + 3 + ff
