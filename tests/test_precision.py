@@ -181,3 +181,32 @@ def test_reuse_scopes_nest_across_threads_and_respect_the_opt_in(monkeypatch) ->
     monkeypatch.setenv("ARVISION_REUSE_MEMORY", "0")
     with runtime.reuse_freed_memory() as active:
         assert not active
+
+
+def test_bf16_top_k_draws_come_from_the_same_distribution_as_fp32() -> None:
+    from arvision.samplers.logits import sample_logits, sampling_probs
+
+    logits = torch.randn(1, 50, generator=torch.Generator().manual_seed(0)).repeat(40000, 1)
+    want = sampling_probs(logits[:1], temperature=0.8, top_k=5, top_p=0.9)[0]
+    fp32 = sample_logits(logits, temperature=0.8, top_k=5, top_p=0.9, generator=torch.Generator().manual_seed(1))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = sample_logits(logits, temperature=0.8, top_k=5, top_p=0.9, generator=torch.Generator().manual_seed(1))
+    assert set(low.tolist()) <= set(want.nonzero().flatten().tolist())  # only the kept candidates
+    for ids in (fp32, low):
+        freq = torch.bincount(ids, minlength=50).double() / ids.numel()
+        assert (freq - want.double()).abs().max() < 0.01  # 40,000 draws: within ~4 sigma
+    assert not torch.equal(fp32, low)  # other draws: the fp32 path stays the official one
+
+
+def test_fp32_decoding_is_unchanged_after_a_bf16_decode_switched_the_decoder_to_channels_last() -> None:
+    from arvision.presets import TOKENIZER_PRESETS
+
+    torch.manual_seed(0)
+    tp = TOKENIZER_PRESETS["tiny-vq"]
+    tok = tp.model_class(tp.config).eval()
+    ids = torch.randint(0, tok.codebook_size, (2, tok.num_tokens), generator=torch.Generator().manual_seed(0))
+    before = tok.decode(ids)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = tok.decode(ids)
+    assert next(p for p in tok.decoder.parameters() if p.ndim == 4).is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(tok.decode(ids), before) and (low.float() - before).abs().max() < 0.1

@@ -271,6 +271,12 @@ class ConvTokenizer(Tokenizer):
             # oneDNN convolutions run ~15 % faster on channels_last activations (measured on the
             # 256 px VAR and LlamaGen decoders); results agree to ~5e-5.
             z_BDhw = z_BDhw.contiguous(memory_format=torch.channels_last)
+            if torch.is_autocast_enabled("cpu") and not torch.is_grad_enabled():
+                # bf16 sampling: channels_last weights too, so that autocast's bf16 copies need no
+                # reorder (the LlamaGen VQ-16 decoder: 2.7 -> 2.0 s for 4 images on one core). The
+                # values are unchanged; fp32 convolutions give bit-identical images either way.
+                self.post_quant_conv.to(memory_format=torch.channels_last)
+                self.decoder.to(memory_format=torch.channels_last)
         x = self.decoder(self.post_quant_conv(z_BDhw))
         return x.clamp(-1, 1) if self.config.clamp_output else x
 
