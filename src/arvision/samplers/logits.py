@@ -75,7 +75,7 @@ def sample_logits(logits_NV: Tensor, *, temperature: float = 1.0, top_k: int = 0
         # bf16 sampling: draw among the k candidates only (the same distribution, but other draws
         # than the fp32 path's draw over the whole vocabulary, which must match the official code).
         # LlamaGen GPT-B, top-k 2000 of 16384: the exponentials of the draw were 5 % of a sample.
-        values_NK, ids_NK = logits_NV.float().topk(top_k, dim=-1)
+        values_NK, ids_NK = logits_NV.float().topk(top_k, dim=-1, sorted=False)  # order is irrelevant to a draw: 1.7x faster
         probs = sampling_probs(values_NK, temperature=temperature, top_p=top_p)
         return ids_NK.gather(-1, rng_.multinomial(probs, 1, generator, replacement=True)).squeeze(-1)
     probs = sampling_probs(logits_NV, temperature=temperature, top_k=top_k, top_p=top_p)
