@@ -471,5 +471,5 @@ GENERATOR_PRESETS["mnist-jpeg"] = GeneratorPreset(
     "MNIST class-conditional JPEG-LM generator: raster next-token over the bytes of JPEG files (mnist-jpeg's codec "
     "tokenizer, quality 25, up to 200 tokens, PAD after END)",
     SequenceGenerator, llamagen_backbone(4, 128, 4), "mnist-jpeg-codec",
-    GeneratorTrainConfig(steps=1100, batch_size=64, lr=2e-3), SamplingConfig(cfg=2.0),
-)
+    GeneratorTrainConfig(steps=5000, batch_size=64, lr=2e-3), SamplingConfig(cfg=2.0, constrained=True),
+)  # constrained: only bytes that keep the stream a valid scan are drawn (--no-constrained: the model alone)
