@@ -246,3 +246,16 @@ def test_constrained_is_refused_where_it_cannot_apply() -> None:
     vq = VQTokenizer(TOKENIZER_PRESETS[gen.tokenizer].config)
     with pytest.raises(ValueError, match="constrained"):
         Pipeline(vq, gen.model_class(gen.build_config(vq, 10))).sample([1], 1, constrained=True)
+
+
+def test_constrained_sampling_continues_a_fixed_prefix() -> None:
+    gp, tp = GENERATOR_PRESETS["tiny-jpeg"], TOKENIZER_PRESETS["tiny-jpeg"]
+    tok = JpegTokenizer(tp.config)
+    torch.manual_seed(0)
+    gen = gp.model_class(gp.build_config(tok, 10))
+    real = tok.encode(torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1)
+    known = torch.zeros_like(real, dtype=torch.bool)
+    known[:, :3] = True  # the first bytes of real streams, the rest generated under the grammar
+    out = decode(gen, tok, torch.tensor([1, 2, 3, 4]), SamplingConfig(constrained=True), torch.Generator().manual_seed(0),
+                 prior_BL=real, known_BL=known)  # fmt: skip
+    assert torch.equal(out.tokens[:, :3], real[:, :3]) and tok.decode(out.tokens, return_ok=True)[1].all()

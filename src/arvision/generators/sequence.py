@@ -121,14 +121,17 @@ class SequenceOrder(NextTokenOrder):
         """Sample the step's tokens; then, for variable-length sequences, every decided token after a
         row's first end token becomes padding (tokens fixed by the caller stay as they are).
         Constrained decoding: tokens the grammar rules out get probability 0 before the draw."""
+        last = step.end - 1  # the position this pass samples; a merged pass first teacher-forces a known prefix
         if self.grammar is not None:
-            g, i = state.extra["grammar"], step.start
-            allowed_BV = self.grammar.allowed(g, self.generator.num_tokens - i)
-            logits_BTV = logits_BTV.masked_fill(~allowed_BV[:, None, :], float("-inf"))
-            super().update(state, step, logits_BTV, sampler)
-            state.extra["grammar"] = self.grammar.advance(g, state.tokens_BL[:, i])
-        else:
-            super().update(state, step, logits_BTV, sampler)
+            g = state.extra["grammar"]
+            for j in range(step.start, last):  # known in every row (NextTokenOrder.skip_known)
+                g = self.grammar.advance(g, state.tokens_BL[:, j])
+            allowed_BV = self.grammar.allowed(g, self.generator.num_tokens - last)
+            logits_BTV = logits_BTV.clone()
+            logits_BTV[:, -1].masked_fill_(~allowed_BV, float("-inf"))
+        super().update(state, step, logits_BTV, sampler)
+        if self.grammar is not None:  # the row's automaton takes the token it got (sampled or fixed by the caller)
+            state.extra["grammar"] = self.grammar.advance(g, state.tokens_BL[:, last])
         c = self.generator.config
         if c.end_id is None:
             return
