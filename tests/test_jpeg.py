@@ -259,3 +259,22 @@ def test_constrained_sampling_continues_a_fixed_prefix() -> None:
     out = decode(gen, tok, torch.tensor([1, 2, 3, 4]), SamplingConfig(constrained=True), torch.Generator().manual_seed(0),
                  prior_BL=real, known_BL=known)  # fmt: skip
     assert torch.equal(out.tokens[:, :3], real[:, :3]) and tok.decode(out.tokens, return_ok=True)[1].all()
+
+
+def test_decoding_stops_once_every_row_has_ended_with_the_tokens_of_a_full_run() -> None:
+    from arvision.samplers.loop import DecodeRun
+
+    lay = TokenLayout("sequence", 10, length=16, end_id=8, pad_id=9)
+    torch.manual_seed(0)
+    gen = SequenceGenerator(SequenceGenerator.config_for(lay, transformer=llamagen_backbone(2, 32, 2), num_classes=10,
+                                                         head_bias=True)).eval()  # fmt: skip
+    with torch.no_grad():
+        gen.head.bias[8] = 6.0  # END almost at once in every row
+    labels, s = torch.arange(10).repeat(2), SamplingConfig(cfg=2.0)
+    out = decode(gen, None, labels, s, torch.Generator().manual_seed(0))
+    full = DecodeRun(gen, None, labels, s, torch.Generator().manual_seed(0))
+    for step in full.plan:  # every pass of the plan, no early stop
+        full.step(step)
+    assert torch.equal(out.tokens, full.state.tokens_BL)
+    assert out.stats.forward_passes < 16 == full.output(0.0).stats.forward_passes
+    assert not out.state.open_BL.any()

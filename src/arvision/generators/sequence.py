@@ -142,6 +142,21 @@ class SequenceOrder(NextTokenOrder):
         t[force] = c.pad_id
 
 
+    def stop_early(self, state: DecodeState) -> bool:
+        """Variable-length sequences: once every row holds a decided end token, the open positions
+        can only become padding, so they are filled and decoding stops (the forward passes that
+        would sample them are saved; the tokens are those of a full-length run)."""
+        c = self.generator.config
+        if c.end_id is None:
+            return False
+        ended = ((state.tokens_BL == c.end_id) & ~state.open_BL).any(1)
+        if not bool(ended.all()):
+            return False
+        state.tokens_BL[state.open_BL] = c.pad_id
+        state.open_BL[:] = False
+        return True
+
+
 @register_model
 class SequenceGenerator(NextTokenGenerator):
     """Class-conditional raster next-token generator over a 1-D token sequence."""

@@ -140,6 +140,7 @@ class DecodeRun:
         self.num_groups = self.plan[-1].group + 1
         self.run = generator.step
         self.candidate_passes = 0  # rows (candidates) x passes, counted per pass
+        self.passes = 0  # forward passes run (fewer than the plan's when the order stops early)
         if refiner is not None or s.draft_scales is not None:  # CoDe: the later steps on a small refiner
             self.plan, self.run = collaborate(generator, refiner, tokenizer, self.plan, labels_B, s)
 
@@ -157,6 +158,7 @@ class DecodeRun:
             self.callback(StepInfo(step, logits, self.state, weight))
         self.order.update(self.state, step, logits, self.sampler)
         self.candidate_passes += B
+        self.passes += 1
 
     @torch.no_grad()
     def select(self, rows_N: Tensor) -> None:
@@ -180,7 +182,7 @@ class DecodeRun:
 
     def output(self, t0: float) -> DecodeOutput:
         """The decoded batch and what it cost (``t0``: ``time.perf_counter()`` at the start)."""
-        B, L, P = self.batch_size, self.state.tokens_BL.shape[1], len(self.plan)
+        B, L, P = self.batch_size, self.state.tokens_BL.shape[1], self.passes
         stats = SamplingStats(forward_passes=P, tokens=B * L, images=B, batches=1, seconds=time.perf_counter() - t0,
                               passes_until_done=P * B, candidate_passes=self.candidate_passes)  # fmt: skip
         return DecodeOutput(tokens=self.state.tokens_BL, state=self.state, stats=stats)
@@ -202,6 +204,8 @@ def decode(generator: Decoder, tokenizer, labels_B: Tensor, s: SamplingConfig, r
     run = DecodeRun(generator, tokenizer, labels_B, s, rng, prior_BL=prior_BL, known_BL=known_BL, callback=callback, refiner=refiner)
     for step in tqdm(run.plan, desc=f"decode {run.order.name}", leave=False) if progress else run.plan:
         run.step(step)
+        if run.order.stop_early(run.state):  # e.g. every JPEG stream has ended: the rest is padding
+            break
     return run.output(t0)
 
 

@@ -7,7 +7,8 @@ An order (one per generator class, defined beside it in ``generators/``) says
   it validates the settings first (a setting the order cannot use is an error);
 * :meth:`Order.start`: the initial :class:`DecodeState` (tokens, which are fixed by the caller,
   which are still open);
-* :meth:`Order.update`: how a step's (guided) logits change the state.
+* :meth:`Order.update`: how a step's (guided) logits change the state;
+* :meth:`Order.stop_early` (optional): whether every row is complete before the plan's end.
 
 The model computes the logits of a step with ``generator.step(state, step, cond, cache)``; the
 loop (:func:`arvision.samplers.loop.decode`) owns everything else. Registering an order with
@@ -208,6 +209,11 @@ class Order:
     def update(self, state: DecodeState, step: Step, logits_BTV: Tensor, sampler: Sampler) -> None:
         """Default: sample every token position the step predicts."""
         state.fill(step.predicts, sampler.sample(logits_BTV))
+
+    def stop_early(self, state: DecodeState) -> bool:
+        """Whether every row is complete before the plan's end (variable-length sequences: each row
+        has ended); if so the order fills what is left and the loop stops. Default: never."""
+        return False
 
     def preview(self, state: DecodeState) -> Tensor | None:
         """The image decoded so far, (B, C, H, W) in [-1, 1], or None where the order has no
