@@ -18,7 +18,7 @@ from arvision.pipeline import Pipeline
 from arvision.presets import GENERATOR_PRESETS, TOKENIZER_PRESETS, llamagen_backbone
 from arvision.samplers import SamplingConfig, decode
 from arvision.tokenizers import JpegConfig, JpegTokenizer, TokenLayout
-from arvision.tokenizers.jpeg import check_scan, jpeg_bytes, parse_header, split_header
+from arvision.tokenizers.jpeg import ScanGrammar, check_scan, jpeg_bytes, parse_header, split_header
 
 
 @pytest.fixture(scope="module")
@@ -114,9 +114,10 @@ def test_bad_streams_are_counted_never_raised(tok: JpegTokenizer, digits: torch.
 def test_the_scan_check_accepts_every_real_stream(tok: JpegTokenizer, digits: torch.Tensor) -> None:
     spec = parse_header(tok.header_bytes())
     assert spec.blocks == 16
-    assert all(check_scan(s, spec) for s in tok.streams(digits))
+    grammar = ScanGrammar(spec)
+    assert all(check_scan(s, grammar) for s in tok.streams(digits))
     noise = (torch.rand(16, 1, 28, 28, generator=torch.Generator().manual_seed(1)) * 2 - 1)
-    assert all(check_scan(s, spec) for s in tok.streams(noise))
+    assert all(check_scan(s, grammar) for s in tok.streams(noise))
 
 
 def test_save_load_round_trip(tok: JpegTokenizer, digits: torch.Tensor, tmp_path) -> None:
@@ -202,7 +203,7 @@ def test_the_grammar_accepts_exactly_what_the_scan_check_accepts(tok: JpegTokeni
             m = list(r)
             i = int(rng.integers(end))
             m[i] = int(rng.integers(256)) if rng.random() < 0.8 else tok.end_id
-            ref = tok.end_id in m and check_scan(bytes(m[: m.index(tok.end_id)]), tok._spec)
+            ref = tok.end_id in m and check_scan(bytes(m[: m.index(tok.end_id)]), g)
             ref = ref and all(t == tok.pad_id for t in m[m.index(tok.end_id) + 1 :])
             agree += g.accepts(m) == ref
             valid += ref

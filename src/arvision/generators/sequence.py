@@ -141,7 +141,6 @@ class SequenceOrder(NextTokenOrder):
         force = after_end & ~state.open_BL & ~state.known_BL
         t[force] = c.pad_id
 
-
     def stop_early(self, state: DecodeState) -> bool:
         """Variable-length sequences: once every row holds a decided end token, the open positions
         can only become padding, so they are filled and decoding stops (the forward passes that

@@ -148,58 +148,29 @@ def parse_header(header: bytes) -> ScanSpec:
     return ScanSpec(blocks=blocks, dc=tables[(0, ids[0])], ac=tables[(1, ids[1])])
 
 
-def check_scan(scan: bytes, spec: ScanSpec) -> bool:
-    """Whether ``scan`` (entropy-coded bytes + FF D9) codes exactly ``spec.blocks`` 8x8 blocks.
+def check_scan(scan: bytes, grammar: "ScanGrammar") -> bool:
+    """Whether ``scan`` (entropy-coded bytes + FF D9) codes exactly ``grammar.spec.blocks`` 8x8 blocks.
 
     Every FF inside the data must be a stuffed FF 00 (no other marker); the Huffman codes must be
     valid and every block end within its 64 coefficients; after the last block only the 1-bits that
     pad the final byte may remain. libjpeg accepts a short or corrupt scan with a warning and fills
-    the rest with grey, so this is what tells a complete stream from a partial one.
+    the rest with grey, so this is what tells a complete stream from a partial one. The bits are
+    read by the grammar's own bit reader (:meth:`ScanGrammar.read_bit`), the one definition of these
+    rules that constrained decoding uses too.
     """
     if len(scan) < 2 or not scan.endswith(EOI):
         return False
     data = scan[:-2]
     if data.count(b"\xff") != data.count(b"\xff\x00") or data.endswith(b"\xff"):
         return False
-    bits = "".join(format(b, "08b") for b in data.replace(b"\xff\x00", b"\xff"))
-    pos, n = 0, len(bits)
-
-    def symbol(codes: dict[str, int]) -> int | None:
-        nonlocal pos
-        for length in range(1, 17):
-            sym = codes.get(bits[pos : pos + length])
-            if sym is not None and pos + length <= n:
-                pos += length
-                return sym
-        return None
-
-    for _ in range(spec.blocks):
-        size = symbol(spec.dc)
-        if size is None or size > 11 or pos + size > n:
-            return False
-        pos += size
-        k = 1
-        while k < 64:
-            rs = symbol(spec.ac)
-            if rs is None:
+    st, padding = grammar.first_bit_state, 0
+    for byte in data.replace(b"\xff\x00", b"\xff"):
+        for bit in format(byte, "08b"):
+            padding += st[1] == "pad"  # a bit after the last block
+            st = grammar.read_bit(st, bit)
+            if st is None:
                 return False
-            run, size = rs >> 4, rs & 15
-            if size == 0:
-                if run == 0:  # end of block
-                    break
-                if run != 15:
-                    return False
-                k += 16  # sixteen zeros
-                if k > 64:
-                    return False
-                continue
-            k += run
-            if k > 63 or pos + size > n:
-                return False
-            pos += size
-            k += 1
-    rest = bits[pos:]
-    return len(rest) < 8 and set(rest) <= {"1"}
+    return st[1] == "pad" and padding < 8
 
 
 @register_model
@@ -215,8 +186,7 @@ class JpegTokenizer(Tokenizer):
         super().__init__(config)
         header, _ = split_header(jpeg_bytes(np.zeros((config.image_size, config.image_size), np.uint8), config.quality))
         self.register_buffer("header", torch.frombuffer(bytearray(header), dtype=torch.uint8).clone())
-        self._spec = parse_header(header)
-        self._grammar: ScanGrammar | None = None
+        self._grammar = ScanGrammar(parse_header(header))  # the header's scan rules: decoding and constrained sampling
 
     # -- layout ---------------------------------------------------------------------------------
     @property
@@ -240,10 +210,8 @@ class JpegTokenizer(Tokenizer):
         return self.header.device
 
     def grammar(self) -> "ScanGrammar":
-        """The automaton of the valid token rows (constrained decoding); one per tokenizer, it
-        keeps the states it has expanded."""
-        if self._grammar is None:
-            self._grammar = ScanGrammar(self._spec)
+        """The automaton of the valid token rows (constrained decoding, :func:`check_scan`); one per
+        tokenizer, it keeps the states it has expanded."""
         return self._grammar
 
     def header_bytes(self) -> bytes:
@@ -288,7 +256,7 @@ class JpegTokenizer(Tokenizer):
 
     def decode_stream(self, data: bytes | None) -> np.ndarray | None:
         """The (S, S) uint8 image of a JPEG file, or None when it is not a complete valid stream."""
-        if data is None or not check_scan(data[len(self.header) :], self._spec):
+        if data is None or not check_scan(data[len(self.header) :], self.grammar()):
             return None
         S = self.config.image_size
         assert not ImageFile.LOAD_TRUNCATED_IMAGES, "truncated JPEG streams must fail, not be padded with grey"
@@ -359,15 +327,17 @@ class ScanGrammar(TokenGrammar):
         self._eob = min(len(c) for c, s in spec.ac.items() if s == 0x00)
         self._block_min = min(len(c) + s for c, s in spec.dc.items() if s <= 11) + self._eob  # bits of the cheapest block
 
+    first_bit_state = (0, "dc", "", 0)  # the bit reader before the first block
+
     def initial(self) -> tuple:
-        return ("scan", (0, "dc", "", 0), False)
+        return ("scan", self.first_bit_state, False)
 
     # -- the bit reader -------------------------------------------------------------------------
     def _block_end(self, blocks: int) -> tuple:
         return (blocks + 1, "pad", "", 0) if blocks + 1 == self.spec.blocks else (blocks + 1, "dc", "", 0)
 
     @functools.lru_cache(maxsize=1 << 20)  # noqa: B019 - bit steps recur across the byte states
-    def _bit(self, st: tuple, bit: str) -> tuple | None:
+    def read_bit(self, st: tuple, bit: str) -> tuple | None:
         """The reader's state after one more bit, or None if the bit makes the scan invalid."""
         blocks, part, arg, k = st
         if part == "pad":
@@ -467,7 +437,7 @@ class ScanGrammar(TokenGrammar):
             out[value] = ("done", value == 0xFF) if st[1] == "pad" else ("scan", st, value == 0xFF)
             return
         for bit in (0, 1):
-            nxt = self._bit(st, "01"[bit])
+            nxt = self.read_bit(st, "01"[bit])
             if nxt is not None:
                 self._bytes_from(nxt, 2 * value + bit, depth + 1, out)
 
