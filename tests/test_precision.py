@@ -67,11 +67,15 @@ def test_bf16_samples_in_float32_and_agrees_with_fp32(pipe) -> None:
 
 
 @needs_bf16
-def test_bf16_kv_cache_and_packed_linear() -> None:
+@pytest.mark.parametrize("amx", [False, True])
+def test_bf16_kv_cache_and_packed_linear(monkeypatch, amx) -> None:
+    monkeypatch.setattr(runtime, "cpu_has_amx", lambda: amx)
     gen = arvision.load("mnist-raster").generator
     assert gen.transformer.new_cache(2, 4).k.dtype == torch.float32
     with runtime.precision_scope("bf16", "cpu"):
-        assert gen.transformer.new_cache(2, 4).k.dtype == torch.bfloat16  # the compute dtype of keys/values
+        # the cache holds what attention runs in: float32 between the bf16 matmuls on a CPU
+        # without AMX (faster there, and more accurate), bf16 with AMX
+        assert gen.transformer.new_cache(2, 4).k.dtype == (torch.bfloat16 if amx else torch.float32)
     layer = Linear(64, 32)
     x = torch.randn(5, 64)
     with torch.no_grad():
@@ -81,6 +85,26 @@ def test_bf16_kv_cache_and_packed_linear() -> None:
         assert y.dtype == torch.bfloat16
         assert torch.allclose(y.float(), torch.nn.functional.silu(ref), atol=3e-2, rtol=3e-2)
         assert linear(x, layer, layer.bias).dtype == torch.float32  # after the scope: fp32 again (repacked)
+
+
+@needs_bf16
+def test_cpu_bf16_attention_runs_in_float32_without_amx(monkeypatch) -> None:
+    from arvision.nn.transformer import attend
+
+    monkeypatch.setattr(runtime, "cpu_has_amx", lambda: False)
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, n, 16, dtype=torch.bfloat16) for n in (1, 9, 9))
+    ref = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float(), scale=0.25)
+    with runtime.precision_scope("bf16", "cpu"):
+        out = attend(q, k, v, attn_mask=None, is_causal=False, scale=0.25)
+        bf16 = torch.nn.functional.scaled_dot_product_attention(q, k.float(), v, scale=0.25)  # what autocast would run
+    assert out.dtype == torch.float32 and torch.equal(out, ref)  # float32 arithmetic, not autocast's bf16
+    assert bf16.dtype == torch.bfloat16 and not torch.equal(bf16.float(), ref)
+    # outside autocast attention is SDPA as called, bit for bit
+    assert torch.equal(attend(q.float(), k.float(), v.float(), attn_mask=None, is_causal=False, scale=0.25), ref)
+    monkeypatch.setattr(runtime, "cpu_has_amx", lambda: True)  # with AMX: autocast's bf16 attention
+    with runtime.precision_scope("bf16", "cpu"):
+        assert torch.equal(attend(q, k.float(), v, attn_mask=None, is_causal=False, scale=0.25), bf16)
 
 
 @needs_bf16

@@ -121,16 +121,28 @@ PRECISIONS = ("fp32", "bf16")
 
 
 @functools.lru_cache(maxsize=1)
+def _cpu_flags() -> frozenset[str] | None:
+    """The CPU's feature flags from /proc/cpuinfo (Linux), None where there is none."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return frozenset(next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), []))
+    except OSError:
+        return None
+
+
 def cpu_has_bf16() -> bool:
     """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); without, oneDNN emulates bf16
     and it is slower than fp32. Read from /proc/cpuinfo on Linux; elsewhere from PyTorch's oneDNN."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-        return "avx512_bf16" in flags or "amx_bf16" in flags
-    except OSError:
+    flags = _cpu_flags()
+    if flags is None:
         check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
         return bool(check()) if check is not None else False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX bf16 tiles (Intel Sapphire Rapids and later; /proc/cpuinfo)."""
+    return "amx_bf16" in (_cpu_flags() or ())
 
 
 def check_precision(precision: str, device: str | torch.device) -> str:
@@ -168,3 +180,20 @@ def compute_dtype(device: str | torch.device, default: torch.dtype) -> torch.dty
     if kind in ("cpu", "cuda") and torch.is_autocast_enabled(kind):
         return torch.get_autocast_dtype(kind)
     return default
+
+
+def fp32_attention(device: str | torch.device) -> bool:
+    """Whether attention on ``device`` runs in float32 between bf16 matmuls now: under CPU autocast
+    on a CPU without AMX.
+
+    There PyTorch's bf16 attention kernel has no AMX tiles to pack for and is slower than its
+    float32 one (AVX512-BF16 AMD EPYC, one query over 256 cached keys with GPT-B's heads: 1040 vs
+    134 us; VAR-d16's last scale: 43 vs 36 ms; docs/performance.md), and float32 attention is the
+    more accurate. With AMX the bf16 kernel was the faster one, so attention stays in bf16 there."""
+    return torch.device(device).type == "cpu" and torch.is_autocast_enabled("cpu") and not cpu_has_amx()
+
+
+def attention_dtype(device: str | torch.device, default: torch.dtype) -> torch.dtype:
+    """The dtype attention runs in on ``device`` now, and a KV cache holds: float32 where
+    :func:`fp32_attention` says so, else :func:`compute_dtype`."""
+    return torch.float32 if fp32_attention(device) else compute_dtype(device, default)

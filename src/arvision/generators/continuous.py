@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from arvision.generators.diffusion import DiffusionHead, DiffusionHeadConfig
 from arvision.generators.next_token import NextTokenConfig, NextTokenGenerator
 from arvision.modeling import register_model
+from arvision.nn.linear import Linear
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,7 +50,10 @@ class ContinuousNextTokenGenerator(NextTokenGenerator):
     layout_map = {"grid_size": "side", "token_dim": "code_dim"}
 
     def build_token_embedding(self) -> nn.Module:
-        return nn.Linear(self.config.token_dim, self.config.transformer.width)  # tokens are vectors, not ids
+        # tokens are vectors, not ids; arvision's Linear: its packed CPU path gives every row the same
+        # sums whatever the batch size (F.linear's BLAS kernel does not), so a seeded image does not
+        # depend on the batch it is sampled in (tests/test_conformance.py)
+        return Linear(self.config.token_dim, self.config.transformer.width)
 
     def build_head(self) -> nn.Module:
         return DiffusionHead(self.config.head)

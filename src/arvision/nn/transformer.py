@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from arvision.config import Config
 from arvision.nn.kv_cache import KVCache
 from arvision.nn.linear import Linear, linear
-from arvision.runtime import compute_dtype
+from arvision.runtime import attention_dtype, fp32_attention
 
 _CHOICES = {
     "conditioning": ("prefix", "adaln"),
@@ -135,19 +135,29 @@ def make_norm(cfg: TransformerConfig, *, affine: bool) -> nn.Module:
     return nn.LayerNorm(cfg.width, eps=cfg.norm_eps, elementwise_affine=affine)
 
 
-def apply_rope(x_BHLD: Tensor, rope_LP2: Tensor) -> Tensor:
+def apply_rope(x_BHLD: Tensor, rope_LP2: Tensor, dtype: torch.dtype | None = None) -> Tensor:
     """Rotate interleaved pairs (x[2i], x[2i+1]) by the angles in ``rope_LP2`` = (L, Dh/2, [cos, sin]).
 
     One complex product in float32: (x0 + i x1)(cos + i sin) = (x0 cos - x1 sin) + i (x1 cos + x0 sin),
     bit for bit the official real-valued formula (ATen's complex product is those four products and
     two sums, no fused multiply-add; tests/test_cpu_inference.py checks it) in 1 kernel instead of ~10
-    (a decode step of GPT-B calls this 24 times on tiny tensors, where launch overhead dominates)."""
+    (a decode step of GPT-B calls this 24 times on tiny tensors, where launch overhead dominates).
+    Returns ``dtype`` (default: ``x_BHLD``'s)."""
     xf = x_BHLD.float().unflatten(-1, (-1, 2))
     if xf.stride(-1) != 1 or any(st % 2 for st in xf.stride()[:-1]) or xf.storage_offset() % 2:
         xf = xf.clone(memory_format=torch.contiguous_format)  # view_as_complex needs complex-aligned strides and offset
     rope = rope_LP2 if rope_LP2.is_contiguous() else rope_LP2.contiguous()
     out = torch.view_as_complex(xf) * torch.view_as_complex(rope.float())
-    return torch.view_as_real(out).flatten(-2).type_as(x_BHLD)
+    return torch.view_as_real(out).flatten(-2).to(dtype or x_BHLD.dtype)
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, *, attn_mask: Tensor | None, is_causal: bool, scale: float) -> Tensor:
+    """Scaled dot-product attention; in float32 under CPU autocast (:func:`~arvision.runtime.fp32_attention`,
+    with autocast off for the call, which would cast back to bf16), then returning float32."""
+    if not fp32_attention(q.device):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=scale)
+    with torch.autocast("cpu", enabled=False):
+        return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=attn_mask, is_causal=is_causal, scale=scale)
 
 
 class Attention(nn.Module):
@@ -179,10 +189,11 @@ class Attention(nn.Module):
             q = F.normalize(q, dim=-1).mul(self.scale_mul_1H11.clamp_max(math.log(100)).exp())
             k = F.normalize(k, dim=-1)
         if rope is not None:
-            q, k = apply_rope(q, rope), apply_rope(k, rope)
+            dtype = torch.float32 if fp32_attention(q.device) else q.dtype  # attention's: no round trip through bf16
+            q, k = apply_rope(q, rope, dtype), apply_rope(k, rope, dtype)
         if cache is not None:
             k, v = cache.write(layer, start, k, v)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=self.scale)
+        out = attend(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=self.scale)
         return self.proj(out.transpose(1, 2).reshape(B, L, C))
 
 
@@ -311,8 +322,9 @@ class Transformer(nn.Module):
         return tuple(i * (D - 1) // (depth - 1) for i in range(depth)) if depth > 1 else (0,)
 
     def new_cache(self, batch_size: int, max_len: int, *, dtype: torch.dtype | None = None, device=None) -> KVCache:
-        """A cache in the dtype the keys/values are computed in (bf16 under bf16 autocast, else the weights')."""
+        """A cache in the dtype attention runs in (:func:`~arvision.runtime.attention_dtype`: float32
+        on CPU, bf16 under CUDA bf16 autocast, else the weights')."""
         p = next(self.parameters())
-        dtype = dtype or compute_dtype(device or p.device, p.dtype)
+        dtype = dtype or attention_dtype(device or p.device, p.dtype)
         return KVCache(num_layers=self.config.depth, batch_size=batch_size, num_heads=self.config.num_heads,
                        max_len=max_len, head_dim=self.config.head_dim, dtype=dtype, device=device or p.device)  # fmt: skip
