@@ -279,3 +279,70 @@ def test_decoding_stops_once_every_row_has_ended_with_the_tokens_of_a_full_run()
     assert torch.equal(out.tokens, full.state.tokens_BL)
     assert out.stats.forward_passes < 16 == full.output(0.0).stats.forward_passes
     assert not out.state.open_BL.any()
+
+
+# -- restart markers (JpegConfig.restart_interval) ----------------------------------------------------
+@pytest.fixture(scope="module", params=[1, 3])
+def rst(request) -> JpegTokenizer:
+    return JpegTokenizer(JpegConfig(image_size=28, quality=25, max_len=240, restart_interval=request.param)).eval()
+
+
+def test_restart_streams_are_pillows_files_and_decode(rst: JpegTokenizer, digits: torch.Tensor) -> None:
+    r = rst.config.restart_interval
+    spec = parse_header(rst.header_bytes())
+    assert spec.restart == r and spec.blocks == 16
+    streams = rst.streams(digits)
+    assert streams == [split_header(jpeg_bytes(pixels(x), 25, r))[1] for x in digits]
+    markers = [sum(s[i] == 0xFF and 0xD0 <= s[i + 1] <= 0xD7 for i in range(len(s) - 1)) for s in streams]
+    assert set(markers) == {15 // r}  # one after every r blocks but the last run
+    images, ok = rst.decode(rst.encode(digits), return_ok=True)
+    assert ok.all()
+    for x, y in zip(digits, images):
+        ref = np.asarray(Image.open(io.BytesIO(jpeg_bytes(pixels(x), 25, r))).convert("L"))
+        assert np.array_equal(pixels(y), ref)
+    noise = torch.rand(16, 1, 28, 28, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    assert all(check_scan(s, rst.grammar()) for s in rst.streams(noise))  # FF stuffing before markers too
+
+
+def test_restart_marker_errors_are_caught(rst: JpegTokenizer, digits: torch.Tensor) -> None:
+    g, s = rst.grammar(), rst.streams(digits[:1])[0]
+    i = next(i for i in range(len(s) - 1) if s[i] == 0xFF and 0xD0 <= s[i + 1] <= 0xD7)
+    wrong = s[: i + 1] + bytes([0xD0 + (s[i + 1] - 0xD0 + 1) % 8]) + s[i + 2 :]  # the next marker's number
+    dropped = s[:i] + s[i + 2 :]  # no marker where one is due
+    assert check_scan(s, g) and not check_scan(wrong, g) and not check_scan(dropped, g)
+    plain = JpegTokenizer(JpegConfig(image_size=28, quality=25)).grammar()
+    assert not check_scan(s, plain)  # a marker where the header declares no restart interval
+    with pytest.raises(ValueError, match="restart_interval must be 0"):
+        JpegConfig(restart_interval=-1)
+
+
+def test_restart_grammar_agrees_with_the_scan_check_and_bounds_the_length(rst: JpegTokenizer, digits: torch.Tensor) -> None:
+    g = rst.grammar()
+    real = rst.encode(digits[:12]).tolist()
+    assert all(g.accepts(r) for r in real)
+    rng = np.random.default_rng(0)
+    agree = valid = 0
+    for r in real:
+        end = r.index(rst.end_id)
+        for _ in range(6):
+            m = list(r)
+            m[int(rng.integers(end))] = int(rng.integers(256))
+            ref = check_scan(bytes(m[: m.index(rst.end_id)]), g)
+            agree += g.accepts(m) == ref
+            valid += ref
+    assert agree == 72 and 0 < valid < 72
+    for r in real[:4]:
+        state, left = g.start(1), r.index(rst.end_id) + 1
+        for i, t in enumerate(r[:left]):
+            assert int(g._min_table[int(state)]) <= left - i
+            state = g.advance(state, torch.tensor([t]))
+        assert int(g._min_table[int(state)]) == 0
+
+
+def test_constrained_sampling_with_restart_markers_decodes() -> None:
+    gp = GENERATOR_PRESETS["tiny-jpeg"]
+    tok = JpegTokenizer(JpegConfig(image_size=16, quality=25, max_len=80, restart_interval=1))
+    torch.manual_seed(0)
+    pipe = Pipeline(tok, gp.model_class(gp.build_config(tok, 10)))
+    out = pipe.sample(list(range(10)), 2, seed=0, constrained=True)
+    assert out.stats.undecodable == 0 and tok.decode(out.tokens, return_ok=True)[1].all()

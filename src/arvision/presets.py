@@ -463,6 +463,12 @@ TOKENIZER_PRESETS["mnist-jpeg-codec"] = TokenizerPreset(
     "Huffman tables; the 328-byte header is shared), then END and PAD: at most 199 bytes + END",
     JpegTokenizer, JpegConfig(image_size=28, quality=25, max_len=200), TokenizerTrainConfig(restart_every=0),
 )
+TOKENIZER_PRESETS["mnist-jpeg-rst-codec"] = TokenizerPreset(
+    "MNIST JPEG byte tokenizer with a restart marker after every 8x8 block (Pillow, quality 25, baseline, standard "
+    "Huffman tables, restart interval 1): each block starts on a byte boundary with its DC coded afresh, after FF D0..D7; "
+    "at most 235 bytes + END (MNIST train; test: 219)",
+    JpegTokenizer, JpegConfig(image_size=28, quality=25, max_len=236, restart_interval=1), TokenizerTrainConfig(restart_every=0),
+)
 GENERATOR_PRESETS["tiny-jpeg"] = GeneratorPreset(
     "tiny JPEG-LM generator for tests (raster next-token over JPEG bytes, PAD after END)", SequenceGenerator,
     llamagen_backbone(2, 32, 2), "tiny-jpeg", _TINY_GEN_TRAIN, SamplingConfig(cfg=2.0),
@@ -473,3 +479,9 @@ GENERATOR_PRESETS["mnist-jpeg"] = GeneratorPreset(
     SequenceGenerator, llamagen_backbone(4, 128, 4), "mnist-jpeg-codec",
     GeneratorTrainConfig(steps=5000, batch_size=64, lr=2e-3), SamplingConfig(cfg=2.0, constrained=True),
 )  # constrained: only bytes that keep the stream a valid scan are drawn (--no-constrained: the model alone)
+GENERATOR_PRESETS["mnist-jpeg-rst"] = GeneratorPreset(
+    "MNIST class-conditional JPEG-LM generator over JPEG files with a restart marker after every block (mnist-jpeg-rst-codec: "
+    "quality 25, up to 236 tokens, PAD after END), so that the stream marks where each 8x8 block starts",
+    SequenceGenerator, llamagen_backbone(4, 128, 4), "mnist-jpeg-rst-codec",
+    GeneratorTrainConfig(steps=5000, batch_size=64, lr=2e-3), SamplingConfig(cfg=2.0, constrained=True),
+)

@@ -51,12 +51,17 @@ class JpegConfig(Config):
         in_channels: 1 (only grayscale streams are supported).
         quality: Pillow's JPEG quality (1-95): sets the quantization tables, so the stream length.
         max_len: L, tokens per image: the longest stream (scan bytes + FF D9) plus the END token.
+        restart_interval: 0 (none), or a restart marker (FF D0..D7) after every this many 8x8
+            blocks (Pillow's ``restart_marker_blocks``): each run of blocks then starts on a byte
+            boundary with its DC coefficient coded afresh, so a byte's place in the image is
+            marked in the stream, at the cost of 2-3 bytes per marker.
     """
 
     image_size: int = 28
     in_channels: int = 1
     quality: int = 25
     max_len: int = 200
+    restart_interval: int = 0
 
     def __post_init__(self) -> None:
         if self.in_channels != 1:
@@ -65,6 +70,9 @@ class JpegConfig(Config):
             raise ValueError(f"image_size must be in 8..4096 pixels, got {self.image_size}")
         if not 1 <= self.quality <= 95:
             raise ValueError(f"quality must be in 1..95 (Pillow's JPEG quality), got {self.quality}")
+        r = self.restart_interval
+        if isinstance(r, bool) or not isinstance(r, int) or not 0 <= r <= 65535:
+            raise ValueError(f"restart_interval must be 0 (no restart markers) or 1..65535 blocks, got {self.restart_interval!r}")
         if self.max_len < 3:
             raise ValueError(f"max_len must be >= 3 tokens (FF D9 and END at least), got {self.max_len}")
 
@@ -81,10 +89,13 @@ class JpegConfig(Config):
         return NUM_BYTES + 2
 
 
-def jpeg_bytes(image_SS: np.ndarray, quality: int) -> bytes:
-    """The canonical JPEG file of a uint8 (S, S) image: baseline, fixed quality, standard tables."""
+def jpeg_bytes(image_SS: np.ndarray, quality: int, restart_interval: int = 0) -> bytes:
+    """The canonical JPEG file of a uint8 (S, S) image: baseline, fixed quality, standard tables,
+    a restart marker after every ``restart_interval`` blocks (0: none)."""
     buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(image_SS, dtype=np.uint8)).save(buf, format="JPEG", quality=quality, optimize=False, progressive=False)
+    extra = {"restart_marker_blocks": restart_interval} if restart_interval else {}
+    Image.fromarray(np.ascontiguousarray(image_SS, dtype=np.uint8)).save(buf, format="JPEG", quality=quality, optimize=False,
+                                                                       progressive=False, **extra)  # fmt: skip
     return buf.getvalue()
 
 
@@ -101,12 +112,21 @@ def split_header(data: bytes) -> tuple[bytes, bytes]:
 
 @dataclass(frozen=True)
 class ScanSpec:
-    """What checking a single-component baseline scan needs from the header: the block count and
-    the DC and AC Huffman codes (a dict from the code as a bit string to its symbol)."""
+    """What checking a single-component baseline scan needs from the header: the block count, the
+    DC and AC Huffman codes (a dict from the code as a bit string to its symbol) and the restart
+    interval (blocks between restart markers, 0: none)."""
 
     blocks: int
     dc: dict[str, int]
     ac: dict[str, int]
+    restart: int = 0
+
+    def marker_after(self, blocks: int) -> int | None:
+        """The restart marker's second byte (D0..D7) due after ``blocks`` blocks, or None."""
+        r = self.restart
+        if not r or blocks % r or blocks >= self.blocks:
+            return None
+        return 0xD0 + (blocks // r - 1) % 8
 
 
 def _huffman_codes(bits: bytes, values: bytes) -> dict[str, int]:
@@ -124,6 +144,7 @@ def parse_header(header: bytes) -> ScanSpec:
     """The frame size and the scan's Huffman tables from a grayscale baseline header."""
     tables: dict[tuple[int, int], dict[str, int]] = {}
     size = ids = None
+    restart = 0
     i = 2
     while i + 4 <= len(header):
         marker, length = header[i + 1], int.from_bytes(header[i + 2 : i + 4], "big")
@@ -141,32 +162,43 @@ def parse_header(header: bytes) -> ScanSpec:
                 raise ValueError(f"the JPEG tokenizer checks single-component (grayscale) scans, the frame has {seg[5]}")
         elif marker == SOS:
             ids = (seg[2] >> 4, seg[2] & 15)
+        elif marker == 0xDD:  # DRI: restart interval (in MCUs, one 8x8 block each for one component)
+            restart = int.from_bytes(seg[0:2], "big")
         i += 2 + length
     if size is None or ids is None:
         raise ValueError("the JPEG header has no baseline frame (SOF0) or no scan (SOS) segment")
     blocks = -(-size[0] // 8) * -(-size[1] // 8)
-    return ScanSpec(blocks=blocks, dc=tables[(0, ids[0])], ac=tables[(1, ids[1])])
+    return ScanSpec(blocks=blocks, dc=tables[(0, ids[0])], ac=tables[(1, ids[1])], restart=restart)
 
 
 def check_scan(scan: bytes, grammar: "ScanGrammar") -> bool:
     """Whether ``scan`` (entropy-coded bytes + FF D9) codes exactly ``grammar.spec.blocks`` 8x8 blocks.
 
-    Every FF inside the data must be a stuffed FF 00 (no other marker); the Huffman codes must be
-    valid and every block end within its 64 coefficients; after the last block only the 1-bits that
-    pad the final byte may remain. libjpeg accepts a short or corrupt scan with a warning and fills
-    the rest with grey, so this is what tells a complete stream from a partial one. The bits are
+    Every FF inside the data must be a stuffed FF 00 or, with a restart interval, the restart marker
+    due (FF D0..D7 in turn, after the 1-bits that pad its run of blocks to a byte); the Huffman codes
+    must be valid and every block end within its 64 coefficients; after the last block only the
+    1-bits that pad the final byte may remain. libjpeg accepts a short or corrupt scan with a
+    warning and fills the rest with grey, so this is what tells a complete stream from a partial one. The bits are
     read by the grammar's own bit reader (:meth:`ScanGrammar.read_bit`), the one definition of these
     rules that constrained decoding uses too.
     """
     if len(scan) < 2 or not scan.endswith(EOI):
         return False
-    data = scan[:-2]
-    if data.count(b"\xff") != data.count(b"\xff\x00") or data.endswith(b"\xff"):
-        return False
-    st, padding = grammar.first_bit_state, 0
-    for byte in data.replace(b"\xff\x00", b"\xff"):
+    data, spec = scan[:-2], grammar.spec
+    st, padding, i = grammar.first_bit_state, 0, 0
+    while i < len(data):
+        byte = data[i]
+        if byte == 0xFF:
+            follow = data[i + 1] if i + 1 < len(data) else None
+            if follow != 0x00:  # not a stuffed data FF: only the restart marker due may stand here
+                if st[1] != "rpad" or padding >= 8 or follow != spec.marker_after(st[0]):
+                    return False
+                st, padding, i = (st[0], "dc", "", 0), 0, i + 2
+                continue
+            i += 1  # the stuffed 00
+        i += 1
         for bit in format(byte, "08b"):
-            padding += st[1] == "pad"  # a bit after the last block
+            padding += st[1] in ("pad", "rpad")  # a bit after the last block, or before a restart marker
             st = grammar.read_bit(st, bit)
             if st is None:
                 return False
@@ -184,7 +216,8 @@ class JpegTokenizer(Tokenizer):
 
     def __init__(self, config: JpegConfig) -> None:
         super().__init__(config)
-        header, _ = split_header(jpeg_bytes(np.zeros((config.image_size, config.image_size), np.uint8), config.quality))
+        header, _ = split_header(jpeg_bytes(np.zeros((config.image_size, config.image_size), np.uint8), config.quality,
+                                            config.restart_interval))  # fmt: skip
         self.register_buffer("header", torch.frombuffer(bytearray(header), dtype=torch.uint8).clone())
         self._grammar = ScanGrammar(parse_header(header))  # the header's scan rules: decoding and constrained sampling
 
@@ -225,7 +258,7 @@ class JpegTokenizer(Tokenizer):
         pixels = ((images[:, 0].detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
         header, out = self.header_bytes(), []
         for p in pixels:
-            head, scan = split_header(jpeg_bytes(p, self.config.quality))
+            head, scan = split_header(jpeg_bytes(p, self.config.quality, self.config.restart_interval))
             if head != header:
                 raise ValueError("Pillow wrote another JPEG header than the one stored in this tokenizer (another Pillow "
                                  "version or quality): rebuild the tokenizer with this Pillow")  # fmt: skip
@@ -315,9 +348,12 @@ class ScanGrammar(TokenGrammar):
     in it followed by a stuffed 00, the last byte padded with 1-bits, then FF D9, END and PAD.
 
     A state between bytes is ``("scan", bits, ff)``: ``bits`` where the bit reader stands
-    (``(blocks done, part, code prefix or bits left, next coefficient)``, part "dc"/"dcx"/"ac"/"acx")
-    and ``ff`` whether the last byte was a data FF (a 00 must follow); then ``("done", ff)`` once
-    every block is read, ``("eoi", n)`` after n bytes of FF D9, and ``("end",)`` after END.
+    (``(blocks done, part, code prefix or bits left, next coefficient)``, part "dc"/"dcx"/"ac"/"acx",
+    or "rpad"/"pad": 1-bits up to the byte's end before a restart marker / after the last block)
+    and ``ff`` whether the last byte was a data FF (a 00 must follow); ``("rst", blocks, due)``
+    between a run of blocks and the next (``due``: "00" a stuffed 00, "ff" the marker's FF, "d" its
+    D0..D7); then ``("done", ff)`` once every block is read, ``("eoi", n)`` after n bytes of FF D9,
+    and ``("end",)`` after END.
     """
 
     def __init__(self, spec: ScanSpec) -> None:
@@ -334,13 +370,16 @@ class ScanGrammar(TokenGrammar):
 
     # -- the bit reader -------------------------------------------------------------------------
     def _block_end(self, blocks: int) -> tuple:
-        return (blocks + 1, "pad", "", 0) if blocks + 1 == self.spec.blocks else (blocks + 1, "dc", "", 0)
+        done = blocks + 1
+        if done == self.spec.blocks:
+            return (done, "pad", "", 0)
+        return (done, "rpad", "", 0) if self.spec.marker_after(done) is not None else (done, "dc", "", 0)
 
     @functools.lru_cache(maxsize=1 << 20)  # noqa: B019 - bit steps recur across the byte states
     def read_bit(self, st: tuple, bit: str) -> tuple | None:
         """The reader's state after one more bit, or None if the bit makes the scan invalid."""
         blocks, part, arg, k = st
-        if part == "pad":
+        if part in ("pad", "rpad"):
             return st if bit == "1" else None
         if part in ("dcx", "acx"):
             left = arg - 1
@@ -386,7 +425,7 @@ class ScanGrammar(TokenGrammar):
         """A lower bound on the bits that finish the current block."""
         blocks, part, arg, k = st
         eob = self._eob
-        if part == "pad":
+        if part in ("pad", "rpad"):
             return 0
         if part == "dcx":
             return arg + eob
@@ -423,6 +462,13 @@ class ScanGrammar(TokenGrammar):
             return {0xD9: ("eoi", 2)} if state[1] == 1 else {self.end_id: ("end",)}
         if kind == "done":
             return {0x00: ("done", False)} if state[1] else {0xFF: ("eoi", 1)}
+        if kind == "rst":
+            _, blocks, due = state
+            if due == "00":
+                return {0x00: ("rst", blocks, "ff")}
+            if due == "ff":
+                return {0xFF: ("rst", blocks, "d")}
+            return {self.spec.marker_after(blocks): ("scan", (blocks, "dc", "", 0), False)}
         _, bits, ff = state
         if ff:
             return {0x00: ("scan", bits, False)}
@@ -434,7 +480,12 @@ class ScanGrammar(TokenGrammar):
         """Walk the 8 bits of a byte as a binary tree (prefixes shared: 510 bit steps per state,
         not 2048): ``out[byte]`` = the state after each byte the reader accepts from ``st``."""
         if depth == 8:
-            out[value] = ("done", value == 0xFF) if st[1] == "pad" else ("scan", st, value == 0xFF)
+            if st[1] == "pad":
+                out[value] = ("done", value == 0xFF)
+            elif st[1] == "rpad":
+                out[value] = ("rst", st[0], "00" if value == 0xFF else "ff")
+            else:
+                out[value] = ("scan", st, value == 0xFF)
             return
         for bit in (0, 1):
             nxt = self.read_bit(st, "01"[bit])
@@ -449,8 +500,28 @@ class ScanGrammar(TokenGrammar):
             return 3 - state[1]
         if kind == "done":
             return 3 + state[1]
+        if kind == "rst":  # the marker's bytes still due, then the runs of blocks after it
+            _, blocks, due = state
+            return {"00": 3, "ff": 2, "d": 1}[due] + self._runs_bytes(blocks)
         _, bits, ff = state
         blocks, part = bits[0], bits[1]
-        later = self.spec.blocks - blocks - 1 if part != "pad" else 0
-        need = self._bits_to_block_end(bits) + later * self._block_min
-        return -(-need // 8) + 3 + ff
+        if part in ("pad", "rpad"):  # the run is complete up to its padding
+            return ff + (3 if part == "pad" else 2 + self._runs_bytes(blocks))
+        run_end = self._run_end(blocks)
+        need = self._bits_to_block_end(bits) + (run_end - blocks - 1) * self._block_min  # this run, from this byte on
+        return -(-need // 8) + ff + (3 if run_end == self.spec.blocks else 2 + self._runs_bytes(run_end))
+
+    def _run_end(self, blocks: int) -> int:
+        """The block count at which the run of blocks holding block ``blocks`` ends (the next restart
+        marker, or the last block)."""
+        r, total = self.spec.restart, self.spec.blocks
+        return min(total, (blocks // r + 1) * r) if r else total
+
+    @functools.lru_cache(maxsize=None)  # noqa: B019 - one entry per run start
+    def _runs_bytes(self, start: int) -> int:
+        """A lower bound on the bytes from the start of the run beginning at block count ``start``
+        (byte-aligned, its marker already written) to END: each run's cheapest blocks padded to a
+        byte, a 2-byte marker between runs, then FF D9 and END."""
+        end = self._run_end(start)
+        run = -(-(end - start) * self._block_min // 8)
+        return run + (3 if end == self.spec.blocks else 2 + self._runs_bytes(end))
