@@ -91,6 +91,9 @@ def test_training_errors(tmp_path, tiny_tokenizers) -> None:
     with pytest.raises(ValueError, match="next-scale order needs a multi-scale tokenizer"):
         train_generator(primed(tmp_path / "x", tiny_tokenizers, "tiny-vq"), preset="tiny-scale", tokenizer=str(tiny_tokenizers["tiny-vq"]),
                         steps=1, progress=False)  # fmt: skip
+    # a preset whose tokenizer preset is not shipped says how to make it (it said only "not a shipped model name")
+    with pytest.raises(ValueError, match=r"train tokenizer --preset mnist-jpeg-rst-codec --out DIR`, then pass --tokenizer DIR"):
+        train_generator(tmp_path / "rst", preset="mnist-jpeg-rst", steps=1, progress=False)
 
 
 @pytest.mark.slow

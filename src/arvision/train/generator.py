@@ -27,10 +27,10 @@ from arvision.data import get_dataset
 from arvision.devices import check_device
 from arvision.evaluate import ordered_batches
 from arvision.generators import Generator
-from arvision.hub import load, resolve
+from arvision.hub import list_models, load, resolve
 from arvision.modeling import _REGISTRY, _sha256, write_safetensors
 from arvision.pipeline import TOKENIZER_DIR, Pipeline, same_weights
-from arvision.presets import GeneratorTrainConfig, get_generator_preset
+from arvision.presets import TOKENIZER_PRESETS, GeneratorTrainConfig, get_generator_preset
 from arvision.tokenizers import Tokenizer
 from arvision import distributed as D
 from arvision.train.fsdp import Parallelism, load_optimizer, model_state, optimizer_state, parallelize, unsharded
@@ -171,8 +171,12 @@ def train_generator(
     if tc.batch_size % info.world_size:
         raise ValueError(f"batch size {tc.batch_size} must be divisible by the number of processes ({info.world_size})")
 
-    tok = load(run["tokenizer"], device=device)
-    tok_dir = resolve(run["tokenizer"])
+    name = run["tokenizer"]
+    if name in TOKENIZER_PRESETS and name not in list_models() and not Path(name).exists():  # e.g. mnist-jpeg-rst's codec
+        raise ValueError(f"the tokenizer '{name}' is a preset that is not shipped: make it first with `arvision train tokenizer "
+                         f"--preset {name} --out DIR`, then pass --tokenizer DIR")  # fmt: skip
+    tok = load(name, device=device)
+    tok_dir = resolve(name)
     if isinstance(tok, Pipeline):  # a generator directory: train on its tokenizer (mnist-tokenbridge ships it only there)
         tok, tok_dir = tok.tokenizer, tok_dir / TOKENIZER_DIR
     if not isinstance(tok, Tokenizer):
