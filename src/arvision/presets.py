@@ -483,5 +483,5 @@ GENERATOR_PRESETS["mnist-jpeg-rst"] = GeneratorPreset(
     "MNIST class-conditional JPEG-LM generator over JPEG files with a restart marker after every block (mnist-jpeg-rst-codec: "
     "quality 25, up to 236 tokens, PAD after END), so that the stream marks where each 8x8 block starts",
     SequenceGenerator, llamagen_backbone(4, 128, 4), "mnist-jpeg-rst-codec",
-    GeneratorTrainConfig(steps=5000, batch_size=64, lr=2e-3), SamplingConfig(cfg=2.0, constrained=True),
-)
+    GeneratorTrainConfig(steps=5000, batch_size=64, lr=2e-3), SamplingConfig(cfg=2.0, temperature=0.2, constrained=True),
+)  # temperature 0.2: 63.85 % class accuracy after 3000 steps against 21.8 % at 1.0 (docs/jpeg.md)
