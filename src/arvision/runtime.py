@@ -189,7 +189,8 @@ def fp32_attention(device: str | torch.device) -> bool:
     There PyTorch's bf16 attention kernel has no AMX tiles to pack for and is slower than its
     float32 one (AVX512-BF16 AMD EPYC, one query over 256 cached keys with GPT-B's heads: 1040 vs
     134 us; VAR-d16's last scale: 43 vs 36 ms; docs/performance.md), and float32 attention is the
-    more accurate. With AMX the bf16 kernel was the faster one, so attention stays in bf16 there."""
+    more accurate. With AMX that kernel packs its blocks for the AMX tiles (not measured here: no
+    such CPU was at hand), so attention stays in autocast's bf16 there."""
     return torch.device(device).type == "cpu" and torch.is_autocast_enabled("cpu") and not cpu_has_amx()
 
 

@@ -152,8 +152,9 @@ def apply_rope(x_BHLD: Tensor, rope_LP2: Tensor, dtype: torch.dtype | None = Non
 
 
 def attend(q: Tensor, k: Tensor, v: Tensor, *, attn_mask: Tensor | None, is_causal: bool, scale: float) -> Tensor:
-    """Scaled dot-product attention; in float32 under CPU autocast (:func:`~arvision.runtime.fp32_attention`,
-    with autocast off for the call, which would cast back to bf16), then returning float32."""
+    """Scaled dot-product attention; in float32 where :func:`~arvision.runtime.fp32_attention` says so
+    (CPU autocast on a CPU without AMX; autocast is off for the call, which would cast back to bf16),
+    then returning float32."""
     if not fp32_attention(q.device):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=scale)
     with torch.autocast("cpu", enabled=False):
@@ -323,7 +324,7 @@ class Transformer(nn.Module):
 
     def new_cache(self, batch_size: int, max_len: int, *, dtype: torch.dtype | None = None, device=None) -> KVCache:
         """A cache in the dtype attention runs in (:func:`~arvision.runtime.attention_dtype`: float32
-        on CPU, bf16 under CUDA bf16 autocast, else the weights')."""
+        under CPU autocast without AMX, the autocast dtype elsewhere under autocast, else the weights')."""
         p = next(self.parameters())
         dtype = dtype or attention_dtype(device or p.device, p.dtype)
         return KVCache(num_layers=self.config.depth, batch_size=batch_size, num_heads=self.config.num_heads,
