@@ -191,34 +191,46 @@ def test_pipeline_counts_streams_that_do_not_decode() -> None:
 
 
 # -- grammar-constrained decoding (tokenizers/grammar.py, ScanGrammar) --------------------------------
-def test_the_grammar_accepts_exactly_what_the_scan_check_accepts(tok: JpegTokenizer, digits: torch.Tensor) -> None:
-    g = tok.grammar()
-    real = tok.encode(digits[:16]).tolist()
-    assert all(g.accepts(r) for r in real)
-    rng = np.random.default_rng(0)
+def mutation_verdicts(tok: JpegTokenizer, real: list[list[int]], *, cut: float) -> tuple[int, int, int]:
+    """Six mutations of each real token row (a changed byte, or an END cut with probability ``cut``):
+    (how many the grammar judges as check_scan does, how many are valid, how many in all)."""
+    g, rng = tok.grammar(), np.random.default_rng(0)
     agree = valid = 0
-    for r in real:  # one changed byte (or a cut) in each real stream: same verdict as check_scan
+    for r in real:
         end = r.index(tok.end_id)
         for _ in range(6):
             m = list(r)
             i = int(rng.integers(end))
-            m[i] = int(rng.integers(256)) if rng.random() < 0.8 else tok.end_id
+            m[i] = int(rng.integers(256)) if rng.random() >= cut else tok.end_id
             ref = tok.end_id in m and check_scan(bytes(m[: m.index(tok.end_id)]), g)
             ref = ref and all(t == tok.pad_id for t in m[m.index(tok.end_id) + 1 :])
             agree += g.accepts(m) == ref
             valid += ref
-    assert agree == 96 and 0 < valid < 96
-    assert not g.accepts(real[0][:-1] + [0])  # a byte after the end token
+    return agree, valid, 6 * len(real)
 
 
-def test_the_length_bound_never_exceeds_the_real_remainder(tok: JpegTokenizer, digits: torch.Tensor) -> None:
+def assert_length_bound_holds(tok: JpegTokenizer, real: list[list[int]]) -> None:
+    """The grammar's bytes-to-finish bound never exceeds what a real stream still needs."""
     g = tok.grammar()
-    for r in tok.encode(digits[:8]).tolist():
+    for r in real:
         state, left = g.start(1), r.index(tok.end_id) + 1
         for i, t in enumerate(r[:left]):
             assert int(g._min_table[int(state)]) <= left - i  # a lower bound: it never rules out a real stream
             state = g.advance(state, torch.tensor([t]))
         assert int(g._min_table[int(state)]) == 0
+
+
+def test_the_grammar_accepts_exactly_what_the_scan_check_accepts(tok: JpegTokenizer, digits: torch.Tensor) -> None:
+    g = tok.grammar()
+    real = tok.encode(digits[:16]).tolist()
+    assert all(g.accepts(r) for r in real)
+    agree, valid, n = mutation_verdicts(tok, real, cut=0.2)  # one changed byte (or a cut) in each real stream
+    assert agree == n == 96 and 0 < valid < 96
+    assert not g.accepts(real[0][:-1] + [0])  # a byte after the end token
+
+
+def test_the_length_bound_never_exceeds_the_real_remainder(tok: JpegTokenizer, digits: torch.Tensor) -> None:
+    assert_length_bound_holds(tok, tok.encode(digits[:8]).tolist())
 
 
 def test_constrained_sampling_decodes_every_stream_of_an_untrained_model() -> None:
@@ -320,23 +332,9 @@ def test_restart_grammar_agrees_with_the_scan_check_and_bounds_the_length(rst: J
     g = rst.grammar()
     real = rst.encode(digits[:12]).tolist()
     assert all(g.accepts(r) for r in real)
-    rng = np.random.default_rng(0)
-    agree = valid = 0
-    for r in real:
-        end = r.index(rst.end_id)
-        for _ in range(6):
-            m = list(r)
-            m[int(rng.integers(end))] = int(rng.integers(256))
-            ref = check_scan(bytes(m[: m.index(rst.end_id)]), g)
-            agree += g.accepts(m) == ref
-            valid += ref
-    assert agree == 72 and 0 < valid < 72
-    for r in real[:4]:
-        state, left = g.start(1), r.index(rst.end_id) + 1
-        for i, t in enumerate(r[:left]):
-            assert int(g._min_table[int(state)]) <= left - i
-            state = g.advance(state, torch.tensor([t]))
-        assert int(g._min_table[int(state)]) == 0
+    agree, valid, n = mutation_verdicts(rst, real, cut=0.0)
+    assert agree == n == 72 and 0 < valid < 72
+    assert_length_bound_holds(rst, real[:4])
 
 
 def test_constrained_sampling_with_restart_markers_decodes() -> None:

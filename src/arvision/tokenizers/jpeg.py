@@ -185,7 +185,7 @@ def check_scan(scan: bytes, grammar: "ScanGrammar") -> bool:
     if len(scan) < 2 or not scan.endswith(EOI):
         return False
     data, spec = scan[:-2], grammar.spec
-    st, padding, i = grammar.first_bit_state, 0, 0
+    st, padding, i = grammar.block_start(0), 0, 0
     while i < len(data):
         byte = data[i]
         if byte == 0xFF:
@@ -193,7 +193,7 @@ def check_scan(scan: bytes, grammar: "ScanGrammar") -> bool:
             if follow != 0x00:  # not a stuffed data FF: only the restart marker due may stand here
                 if st[1] != "rpad" or padding >= 8 or follow != spec.marker_after(st[0]):
                     return False
-                st, padding, i = (st[0], "dc", "", 0), 0, i + 2
+                st, padding, i = grammar.block_start(st[0]), 0, i + 2
                 continue
             i += 1  # the stuffed 00
         i += 1
@@ -363,17 +363,20 @@ class ScanGrammar(TokenGrammar):
         self._eob = min(len(c) for c, s in spec.ac.items() if s == 0x00)
         self._block_min = min(len(c) + s for c, s in spec.dc.items() if s <= 11) + self._eob  # bits of the cheapest block
 
-    first_bit_state = (0, "dc", "", 0)  # the bit reader before the first block
+    @staticmethod
+    def block_start(blocks: int) -> tuple:
+        """The bit reader at the start of a block, ``blocks`` blocks done (its DC code comes next)."""
+        return (blocks, "dc", "", 0)
 
     def initial(self) -> tuple:
-        return ("scan", self.first_bit_state, False)
+        return ("scan", self.block_start(0), False)
 
     # -- the bit reader -------------------------------------------------------------------------
     def _block_end(self, blocks: int) -> tuple:
         done = blocks + 1
         if done == self.spec.blocks:
             return (done, "pad", "", 0)
-        return (done, "rpad", "", 0) if self.spec.marker_after(done) is not None else (done, "dc", "", 0)
+        return (done, "rpad", "", 0) if self.spec.marker_after(done) is not None else self.block_start(done)
 
     @functools.lru_cache(maxsize=1 << 20)  # noqa: B019 - bit steps recur across the byte states
     def read_bit(self, st: tuple, bit: str) -> tuple | None:
@@ -468,7 +471,7 @@ class ScanGrammar(TokenGrammar):
                 return {0x00: ("rst", blocks, "ff")}
             if due == "ff":
                 return {0xFF: ("rst", blocks, "d")}
-            return {self.spec.marker_after(blocks): ("scan", (blocks, "dc", "", 0), False)}
+            return {self.spec.marker_after(blocks): ("scan", self.block_start(blocks), False)}
         _, bits, ff = state
         if ff:
             return {0x00: ("scan", bits, False)}
