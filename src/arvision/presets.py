@@ -485,3 +485,14 @@ GENERATOR_PRESETS["mnist-jpeg-rst"] = GeneratorPreset(
     SequenceGenerator, llamagen_backbone(4, 128, 4), "mnist-jpeg-rst-codec",
     GeneratorTrainConfig(steps=5000, batch_size=64, lr=2e-3), SamplingConfig(cfg=2.0, temperature=0.2, constrained=True),
 )  # temperature 0.2: 63.85 % class accuracy after 3000 steps against 21.8 % at 1.0 (docs/jpeg.md)
+GENERATOR_PRESETS["mnist-jpeg-parse"] = GeneratorPreset(
+    "MNIST class-conditional JPEG-LM generator over mnist-jpeg-rst-codec's bytes that reads, beside each byte, where the "
+    "JPEG parser stands after it (block, coefficient, part of a Huffman code: SequenceConfig.parse_state)",
+    SequenceGenerator, llamagen_backbone(4, 128, 4), "mnist-jpeg-rst-codec",
+    GeneratorTrainConfig(steps=5000, batch_size=64, lr=2e-3), SamplingConfig(cfg=2.0, temperature=0.2, constrained=True),
+    {"parse_state": True},
+)
+GENERATOR_PRESETS["tiny-jpeg-parse"] = GeneratorPreset(
+    "tiny JPEG-LM generator reading the parser state for tests", SequenceGenerator, llamagen_backbone(2, 32, 2), "tiny-jpeg",
+    _TINY_GEN_TRAIN, SamplingConfig(cfg=2.0), {"parse_state": True},
+)

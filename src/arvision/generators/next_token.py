@@ -138,12 +138,16 @@ class NextTokenGenerator(GridGenerator):
         """The ids (B, L) the causal passes read: the tokens (coarse-to-fine: its coarse labels)."""
         return state.tokens_BL
 
+    def step_inputs(self, state: DecodeState, cond_RD: Tensor, start: int, end: int) -> Tensor:
+        """Input embeddings (R, T, C) of sequence positions [start, end) in a decoding step."""
+        tokens = match_rows(self.causal_inputs(state)[:, max(start - 1, 0) : end - 1], cond_RD.shape[0])
+        return self._embed(cond_RD, tokens, start)
+
     def step(self, state: DecodeState, step: Step, cond_RD: Tensor, cache: KVCache | None) -> Tensor:
         """Positions [start, end): the class token at 0, token p - 1 at position p; position p predicts token p.
         Several positions at once (speculative verification) attend causally among themselves."""
         start, end = step.start, step.end
-        tokens = match_rows(self.causal_inputs(state)[:, max(start - 1, 0) : end - 1], cond_RD.shape[0])
-        x = self._embed(cond_RD, tokens, start)
+        x = self.step_inputs(state, cond_RD, start, end)
         T = x.shape[1]
         mask = None
         if T > 1:

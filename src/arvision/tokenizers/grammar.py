@@ -14,7 +14,13 @@ what a state is (any hashable value), which tokens it allows and where they lead
 row of next-state numbers (-1: the token is not allowed), so that decoding a batch is a gather.
 Only states that samples actually reach are ever expanded.
 
-Legend: B batch, V vocabulary, S states met so far.
+A grammar may also describe each state by a few small ids (:attr:`TokenGrammar.feature_sizes`,
+:meth:`TokenGrammar.features`; JPEG: the block, the coefficient and the part of the code the bit
+reader stands at). A generator can read them beside each token (``SequenceConfig.parse_state``):
+where a token's bits land is a function of the whole prefix that a small model cannot compute
+itself, and the automaton knows it exactly, for training data and samples alike.
+
+Legend: B batch, L tokens, V vocabulary, F features of a state, S states met so far.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ DEAD = -1  # a row whose prefix is not in the grammar (fixed by the caller): not
 class TokenGrammar:
     """A lazily expanded automaton over ``vocab_size`` token ids; see the module docstring."""
 
+    feature_sizes: tuple[int, ...] = ()  # ids per feature of a state; the last id of each is DEAD's
+
     def __init__(self, vocab_size: int) -> None:
         self.vocab_size = vocab_size
         self._states: list[Hashable] = []
@@ -38,6 +46,7 @@ class TokenGrammar:
         # per state (rows up to a capacity that doubles): next-state numbers (int32, DEAD: not allowed), tokens to finish
         self._table = torch.empty(0, vocab_size, dtype=torch.int32)
         self._min_table = torch.empty(0, dtype=torch.long)
+        self._feature_table = torch.empty(0, len(self.feature_sizes), dtype=torch.long)
 
     # -- what a subclass defines -------------------------------------------------------------------
     def initial(self) -> Hashable:
@@ -52,6 +61,11 @@ class TokenGrammar:
         0: finished)."""
         raise NotImplementedError
 
+    def features(self, state: Hashable) -> tuple[int, ...]:
+        """The state's feature ids, one per entry of :attr:`feature_sizes` (each below its size - 1:
+        the last id stands for DEAD). Only grammars with features define it."""
+        raise NotImplementedError(f"{type(self).__name__} describes its states by no features")
+
     # -- the automaton -------------------------------------------------------------------------------
     def _number(self, state: Hashable) -> int:
         i = self._ids.get(state)
@@ -63,7 +77,10 @@ class TokenGrammar:
                 cap = max(64, 2 * i)
                 self._table = torch.cat([self._table, torch.full((cap - i, self.vocab_size), DEAD, dtype=torch.int32)])
                 self._min_table = torch.cat([self._min_table, torch.zeros(cap - i, dtype=torch.long)])
+                self._feature_table = torch.cat([self._feature_table, torch.zeros(cap - i, len(self.feature_sizes), dtype=torch.long)])
             self._min_table[i] = self.min_to_finish(state)
+            if self.feature_sizes:
+                self._feature_table[i] = torch.tensor(self.features(state))
         return i
 
     def _expand(self, states_B: Tensor) -> None:
@@ -103,6 +120,25 @@ class TokenGrammar:
         out = self._table[s.clamp(min=0), t.clamp(0, self.vocab_size - 1)].long()
         out[(s == DEAD) | (t < 0) | (t >= self.vocab_size)] = DEAD
         return out.to(states_B.device)
+
+    def state_features(self, states_B: Tensor) -> Tensor:
+        """(B, F) the feature ids of each row's state (DEAD: the last id of every feature)."""
+        s = states_B.cpu()
+        out = self._feature_table[s.clamp(min=0)]
+        out[s == DEAD] = torch.tensor(self.feature_sizes) - 1
+        return out.to(states_B.device)
+
+    def prefix_features(self, tokens_BL: Tensor) -> Tensor:
+        """(B, L + 1, F): the feature ids of each row's state before its first token and after each
+        of its tokens (a row that leaves the grammar is DEAD from there on)."""
+        if not self.feature_sizes:
+            raise ValueError(f"{type(self).__name__} describes its states by no features")
+        g = self.start(tokens_BL.shape[0], tokens_BL.device)
+        out = [self.state_features(g)]
+        for j in range(tokens_BL.shape[1]):
+            g = self.advance(g, tokens_BL[:, j])
+            out.append(self.state_features(g))
+        return torch.stack(out, 1)
 
     def accepts(self, tokens: list[int]) -> bool:
         """Whether the whole sequence ``tokens`` is in the grammar (a finished state is reached and

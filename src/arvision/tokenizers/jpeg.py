@@ -341,6 +341,10 @@ class JpegTokenizer(Tokenizer):
         return None if mean is None else 8 * float(mean)
 
 
+# the kinds of ScanGrammar states (its features): parts of a block, a data FF's pending 00, restart marker bytes, the end
+STATE_KINDS = ("dc", "dcx", "ac", "acx", "rpad", "pad", "ff", "rst00", "rstff", "rstd", "done", "doneff", "eoi1", "eoi2", "end")
+
+
 class ScanGrammar(TokenGrammar):
     """The token sequences :meth:`JpegTokenizer.decode` accepts, as an automaton over bytes (see
     :mod:`arvision.tokenizers.grammar`): the entropy-coded scan of exactly ``spec.blocks`` blocks
@@ -354,9 +358,16 @@ class ScanGrammar(TokenGrammar):
     between a run of blocks and the next (``due``: "00" a stuffed 00, "ff" the marker's FF, "d" its
     D0..D7); then ``("done", ff)`` once every block is read, ``("eoi", n)`` after n bytes of FF D9,
     and ``("end",)`` after END.
+
+    Its features (:meth:`features`, what a generator with ``parse_state`` reads beside each byte):
+    the blocks done, the kind of state (:data:`STATE_KINDS`: the part of a block the reader is in,
+    a pending stuffed 00, a byte of a restart marker or of FF D9, END), the next coefficient (0-64)
+    and how far into a code the reader is (bits of a code prefix read, or value bits still due).
     """
 
     def __init__(self, spec: ScanSpec) -> None:
+        # blocks 0..blocks; kinds; coefficient 0..64 and 65 outside a block; bits 0..16 and 17 outside one; + DEAD
+        self.feature_sizes = (spec.blocks + 2, len(STATE_KINDS) + 1, 67, 19)
         super().__init__(NUM_BYTES + 2)
         self.spec = spec
         self.end_id, self.pad_id = NUM_BYTES, NUM_BYTES + 1
@@ -370,6 +381,17 @@ class ScanGrammar(TokenGrammar):
 
     def initial(self) -> tuple:
         return ("scan", self.block_start(0), False)
+
+    def features(self, state: tuple) -> tuple[int, int, int, int]:
+        kind = state[0]
+        if kind == "scan":
+            _, (blocks, part, arg, k), ff = state
+            bits = len(arg) if part in ("dc", "ac") else arg if part in ("dcx", "acx") else 0
+            return blocks, STATE_KINDS.index("ff" if ff else part), k, bits
+        if kind == "rst":
+            return state[1], STATE_KINDS.index("rst" + state[2]), 65, 17
+        name = "end" if kind == "end" else f"eoi{state[1]}" if kind == "eoi" else "doneff" if state[1] else "done"
+        return self.spec.blocks, STATE_KINDS.index(name), 65, 17
 
     # -- the bit reader -------------------------------------------------------------------------
     def _block_end(self, blocks: int) -> tuple:
