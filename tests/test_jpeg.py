@@ -344,3 +344,81 @@ def test_constrained_sampling_with_restart_markers_decodes() -> None:
     pipe = Pipeline(tok, gp.model_class(gp.build_config(tok, 10)))
     out = pipe.sample(list(range(10)), 2, seed=0, constrained=True)
     assert out.stats.undecodable == 0 and tok.decode(out.tokens, return_ok=True)[1].all()
+
+
+# -- the parser state as an input (SequenceConfig.parse_state) ------------------------------------------
+def test_parser_state_features_follow_the_stream(rst: JpegTokenizer, digits: torch.Tensor) -> None:
+    from arvision.tokenizers.jpeg import STATE_KINDS
+
+    g = rst.grammar()
+    tokens = rst.encode(digits[:4])
+    f = g.prefix_features(tokens)  # (B, L + 1, 4): block, kind, coefficient, bits
+    assert f.shape == (4, tokens.shape[1] + 1, 4)
+    for i, n in enumerate(g.feature_sizes):
+        assert 0 <= f[..., i].min() and f[..., i].max() < n - 1  # real streams never reach the DEAD ids
+    for b in range(4):
+        row = tokens[b].tolist()
+        end = row.index(rst.end_id)
+        kinds = [STATE_KINDS[k] for k in f[b, :, 1].tolist()]
+        assert f[b, 0].tolist() == [0, STATE_KINDS.index("dc"), 0, 0]  # before the first byte: block 0's DC code
+        assert kinds[end + 1 :] == ["end"] * (len(row) - end)  # after END (and every PAD)
+        assert kinds[end - 1 : end + 1] == ["eoi1", "eoi2"]  # after FF, after D9
+        # the blocks done never fall; with a marker after every block (a block starts on a byte) one byte ends at most one
+        blocks = f[b, :, 0].tolist()
+        steps = {blocks[j] - blocks[j - 1] for j in range(1, end + 1)}
+        assert min(steps) == 0 and (max(steps) == 1 if g.spec.restart == 1 else max(steps) >= 1)
+        assert blocks[end] == g.spec.blocks
+        in_block = [f[b, j, 2] for j in range(end) if kinds[j] in ("dc", "dcx", "ac", "acx")]
+        assert all(0 <= k <= 64 for k in in_block)
+    bad = tokens[:1].clone()
+    bad[0, 3:5] = torch.tensor([0xFF, 0x12])  # a data FF must be followed by a stuffed 00: DEAD from there on
+    fb = g.prefix_features(bad)
+    dead = torch.tensor(g.feature_sizes) - 1
+    assert torch.equal(fb[0, :4], f[0, :4]) and (fb[0, 5:] == dead).all()
+
+
+@pytest.mark.parametrize("constrained", [False, True])
+def test_a_parse_state_model_samples_what_its_full_forward_predicts(constrained: bool) -> None:
+    """Decoding feeds each step the parser state the automaton reached, free or constrained: every step's
+    logits equal one teacher-forced forward over the sampled tokens with the grammar's features."""
+    gp, tp = GENERATOR_PRESETS["tiny-jpeg-parse"], TOKENIZER_PRESETS["tiny-jpeg"]
+    tok = JpegTokenizer(tp.config)
+    torch.manual_seed(0)
+    gen = gp.model_class(gp.build_config(tok, 10)).eval()
+    assert gen.config.state_sizes == tok.grammar().feature_sizes
+    seen = []
+    labels = torch.tensor([1, 2, 3, 4])
+    out = decode(gen, tok, labels, SamplingConfig(constrained=constrained), torch.Generator().manual_seed(0),
+                 callback=lambda info: seen.append((info.step, info.logits)))  # fmt: skip
+    with torch.no_grad():
+        ref = gen.reference_logits(out.tokens, labels, tok)
+        plain = gen.__class__(gen.config.replace(parse_state=False, state_sizes=()))
+        plain.load_state_dict({k: v for k, v in gen.state_dict().items() if not k.startswith("state_emb")})
+        without = plain.reference_logits(out.tokens, labels, tok)
+    assert len(seen) > 5
+    for step, logits in seen:
+        torch.testing.assert_close(logits, ref[:, step.predicts], atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(ref[:, 1:], without[:, 1:], atol=1e-3)  # the features do reach the model
+    run = max(step.end for step, _ in seen)  # positions read before decoding stopped (every row had ended)
+    assert torch.equal(out.state.extra["parse"][:, :run], tok.grammar().prefix_features(out.tokens)[:, :run])
+
+
+def test_parse_state_settings_that_cannot_work_are_clear_errors() -> None:
+    gp, tp = GENERATOR_PRESETS["tiny-jpeg-parse"], TOKENIZER_PRESETS["tiny-jpeg"]
+    tok = JpegTokenizer(tp.config)
+    gen = gp.model_class(gp.build_config(tok, 10))
+    with pytest.raises(ValueError, match="parse_state.*state_sizes"):
+        SequenceConfig(vocab_size=258, seq_len=40, transformer=llamagen_backbone(2, 32, 2), num_classes=10, parse_state=True)
+    from arvision.tokenizers import VQTokenizer
+
+    with pytest.raises(ValueError, match="no grammar with state features"):
+        SequenceGenerator.config_for_tokenizer(VQTokenizer(TOKENIZER_PRESETS["tiny-vq"].config), parse_state=True,
+                                               transformer=llamagen_backbone(2, 32, 2))  # fmt: skip
+    with pytest.raises(ValueError, match="pass the tokenizer"):
+        decode(gen, None, torch.tensor([1]), SamplingConfig(), torch.Generator().manual_seed(0))
+    tokens = tok.encode(torch.rand(2, 1, 8, 8) * 2 - 1)
+    with pytest.raises(ValueError, match="parse_BLF of shape"):
+        gen(tokens, torch.tensor([1, 2]))
+    other = JpegTokenizer(JpegConfig(image_size=16, quality=25, max_len=80))  # 4 blocks: other feature sizes
+    with pytest.raises(ValueError, match="feature sizes"):
+        gen.training_inputs(tokens, torch.tensor([1, 2]), other)

@@ -26,7 +26,7 @@ from arvision.pipeline import Pipeline
 DEMO_TOKENIZERS = ("mnist-vq", "mnist-fsq", "mnist-lfq", "mnist-bsq", "mnist-fq", "mnist-msvq", "mnist-kl", "mnist-flexscale",
                    "mnist-1d")
 DEMO_GENERATORS = ("mnist-raster", "mnist-scale", "mnist-markov-scale", "mnist-neighbor", "mnist-masked", "mnist-mar",
-                   "mnist-tokenbridge", "mnist-flexvar", "mnist-1d-raster", "mnist-ctf")
+                   "mnist-tokenbridge", "mnist-flexvar", "mnist-1d-raster", "mnist-ctf", "mnist-jpeg")
 DEMO_EDITS = (("inpaint", "center"), ("outpaint", "border"))  # file suffix, preset region (cli/edit.py)
 
 

@@ -192,7 +192,7 @@ class ModelWorker:
             rows = [slice(0, first.num_images)] * len(jobs)
             call = {"classes": first.classes, "n_per_class": first.n, "seed": first.seed}
         B = rows[-1].stop
-        steps = len(check_settings(pipe.generator, first.settings)) if first.settings.decoding == "plain" else None
+        steps = len(check_settings(pipe.generator, first.settings, pipe.tokenizer)) if first.settings.decoding == "plain" else None
         num_tokens = pipe.generator.num_tokens
         for j in jobs:
             j.batch = (B, len(jobs))
