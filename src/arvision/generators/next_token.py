@@ -70,9 +70,15 @@ class NextTokenOrder(Order):
     def plan(self, s: SamplingConfig) -> list[Step]:
         return [Step(i, i, i, i + 1) for i in range(self.generator.num_tokens)]
 
+    @staticmethod
+    def merged_prefix(known_BL: Tensor) -> int:
+        """Tokens p of the prefix known in every row (capped at L - 1): one pass teacher-forces them
+        (positions 0..p) and samples token p (:meth:`skip_known`)."""
+        return min(int(known_BL.all(0).long().cumprod(0).sum()), known_BL.shape[1] - 1)
+
     def skip_known(self, plan: list[Step], known_BL: Tensor) -> list[Step]:
         """A prefix known in every row is teacher-forced in one pass (positions 0..p, token p sampled)."""
-        p = min(int(known_BL.all(0).long().cumprod(0).sum()), len(plan) - 1)
+        p = min(self.merged_prefix(known_BL), len(plan) - 1)
         return plan if p == 0 else [Step(0, p, 0, p + 1)] + [dataclasses.replace(st, index=st.index - p) for st in plan[p + 1 :]]
 
 

@@ -143,9 +143,9 @@ class SequenceOrder(NextTokenOrder):
             if self.generator.config.parse_state:  # (B, k, F): position p reads the state after p tokens
                 parse = torch.zeros(batch_size, k, len(self.grammar.feature_sizes), dtype=torch.long, device=device)
                 parse[:, 0] = self.grammar.state_features(g)
-                p = int(state.known_BL.all(0).long().cumprod(0).sum())  # a prefix fixed in every row: one merged pass reads it
+                p = self.merged_prefix(state.known_BL)  # a prefix fixed in every row: one merged pass reads it
                 if p:
-                    parse[:, : p + 1] = self.grammar.prefix_features(state.tokens_BL[:, :p])[:, : k]
+                    parse[:, : p + 1] = self.grammar.prefix_features(state.tokens_BL[:, :p])
                 state.extra["parse"] = parse
         return state
 
@@ -238,7 +238,7 @@ class SequenceGenerator(NextTokenGenerator):
         if parse_BLF is None or parse_BLF.shape != (*tokens_BL.shape, len(self.config.state_sizes)):
             got = None if parse_BLF is None else tuple(parse_BLF.shape)
             raise ValueError(f"this model reads the parser's state beside each token: pass parse_BLF of shape "
-                             f"{(*tokens_BL.shape, len(self.config.state_sizes))} (the tokenizer's grammar.prefix_features), got {got}")  # fmt: skip
+                             f"{(*tokens_BL.shape, len(self.config.state_sizes))} (parse_inputs(tokens_BL, tokenizer)), got {got}")  # fmt: skip
         cond = self.class_emb(labels_B)
         x = self._embed(cond, tokens_BL[:, :-1], 0) + self.embed_states(parse_BLF)
         return self.transformer(x, cond_BD=self._adaln(cond), is_causal=True, rope=self._rope(0, x.shape[1]))
@@ -246,14 +246,22 @@ class SequenceGenerator(NextTokenGenerator):
     def forward(self, tokens_BL: Tensor, labels_B: Tensor, parse_BLF: Tensor | None = None) -> Tensor:
         return self.head(self.hidden(tokens_BL, labels_B, parse_BLF))
 
+    def parse_inputs(self, tokens_BL: Tensor, tokenizer) -> Tensor:
+        """(B, L, F) the parser states the model reads for teacher-forced ``tokens_BL`` (position p: the
+        state after p tokens), from the tokenizer's grammar; a clear error for a tokenizer it was not built for."""
+        grammar = tokenizer.grammar() if tokenizer is not None else None
+        sizes = tuple(grammar.feature_sizes) if grammar is not None else None
+        if sizes != self.config.state_sizes:
+            raise ValueError(f"this model reads parser states with feature sizes {self.config.state_sizes}, and the "
+                             f"tokenizer's grammar has {sizes}: use the tokenizer its config was built for")  # fmt: skip
+        return grammar.prefix_features(tokens_BL)[:, : tokens_BL.shape[1]]
+
     def reference_logits(self, tokens_BL: Tensor, labels_B: Tensor, tokenizer=None) -> Tensor:
         """Logits (B, L, V) in one forward pass; with ``parse_state`` the tokenizer's grammar gives the
         parser states of the tokens (what decoding computes one token at a time)."""
         if not self.config.parse_state:
             return super().reference_logits(tokens_BL, labels_B, tokenizer)
-        if tokenizer is None:
-            raise ValueError("this model reads the tokenizer's parser state (parse_state): pass the tokenizer")
-        return self(tokens_BL, labels_B, tokenizer.grammar().prefix_features(tokens_BL)[:, : tokens_BL.shape[1]])
+        return self(tokens_BL, labels_B, self.parse_inputs(tokens_BL, tokenizer))
 
     def step_inputs(self, state: DecodeState, cond_RD: Tensor, start: int, end: int) -> Tensor:
         x = super().step_inputs(state, cond_RD, start, end)
@@ -278,13 +286,7 @@ class SequenceGenerator(NextTokenGenerator):
             k = extra["length"] = int(used[-1]) + 1 if used.numel() else 1
             inputs["tokens_BL"] = tokens_BL[:, :k]
         if c.parse_state:
-            grammar = tokenizer.grammar() if tokenizer is not None else None
-            sizes = tuple(grammar.feature_sizes) if grammar is not None else None
-            if sizes != c.state_sizes:
-                raise ValueError(f"this model reads parser states with feature sizes {c.state_sizes}, and the tokenizer's "
-                                 f"grammar has {sizes}: train it with the tokenizer its config was built for")  # fmt: skip
-            t = inputs["tokens_BL"]
-            inputs["parse_BLF"] = grammar.prefix_features(t)[:, : t.shape[1]]
+            inputs["parse_BLF"] = self.parse_inputs(inputs["tokens_BL"], tokenizer)
         return inputs, extra
 
     def training_loss(self, logits_BLV: Tensor, tokens_BL: Tensor, extra: dict) -> tuple[Tensor, Tensor]:

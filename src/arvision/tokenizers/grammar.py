@@ -47,6 +47,7 @@ class TokenGrammar:
         self._table = torch.empty(0, vocab_size, dtype=torch.int32)
         self._min_table = torch.empty(0, dtype=torch.long)
         self._feature_table = torch.empty(0, len(self.feature_sizes), dtype=torch.long)
+        self._dead_features = torch.tensor(self.feature_sizes, dtype=torch.long) - 1  # DEAD reads the last id of each
 
     # -- what a subclass defines -------------------------------------------------------------------
     def initial(self) -> Hashable:
@@ -125,7 +126,7 @@ class TokenGrammar:
         """(B, F) the feature ids of each row's state (DEAD: the last id of every feature)."""
         s = states_B.cpu()
         out = self._feature_table[s.clamp(min=0)]
-        out[s == DEAD] = torch.tensor(self.feature_sizes) - 1
+        out[s == DEAD] = self._dead_features
         return out.to(states_B.device)
 
     def prefix_features(self, tokens_BL: Tensor) -> Tensor:
