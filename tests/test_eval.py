@@ -60,6 +60,30 @@ def test_generator_eval_writes_samples_and_resumes(tmp_path, capsys) -> None:
     assert code == 2 and "another evaluation run" in err and "sampling" in err
 
 
+def test_resume_refuses_the_samples_of_other_weights(tmp_path, tiny_pipeline_dir, mnist_features) -> None:
+    """A model retrained under the same name (or directory) resumed the old weights' samples and
+    reported their scores as its own: the run now records the weights, not only the name."""
+    ref = load_reference("mnist:test:50", mnist_features, progress=False)
+    pipe = arvision.load(tiny_pipeline_dir)
+    ev = lambda p, **kw: evaluate_generator(p, mnist_features, ref, n=20, out_dir=tmp_path / "ev", batch_size=10, seed=0,
+                                            model="same-name", progress=False, **kw)  # fmt: skip
+    first = ev(pipe)
+    assert set(first["weights"]) == {"generator", "tokenizer"}
+    assert ev(pipe)["fid"] == first["fid"]  # the same weights resume
+    retrained = arvision.load(tiny_pipeline_dir)
+    with torch.no_grad():
+        next(retrained.generator.parameters()).add_(0.5)
+    with pytest.raises(DataError, match="another evaluation run.*weights"):
+        ev(retrained)
+    again = ev(retrained, overwrite=True)
+    assert again["weights"]["generator"] != first["weights"]["generator"]
+    assert again["weights"]["tokenizer"] == first["weights"]["tokenizer"]
+    # a CoDe refiner is part of what made the samples: loaded once, recorded by its weights
+    models = pipe.resolve_models({"refiner": str(tiny_pipeline_dir), "precision": "fp32"})
+    assert isinstance(models["refiner"], torch.nn.Module) and models["precision"] == "fp32"
+    assert pipe.weights_record(models)["refiner"] == first["weights"]["generator"]
+
+
 def test_sharded_eval_under_torchrun_equals_one_process(tmp_path) -> None:
     args = ["mnist-scale", "-n", "30", "--batch-size", "7", "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -210,8 +210,10 @@ def evaluate_generator(
     s = pipe.sampling_config(**sampling)  # checked: bad settings fail before any file is written
     check_pairing(models.get("refiner") is not None, s)
     precision = check_precision(models.get("precision") or "fp32", pipe.device)
-    run = {"model": model or pipe.info.get("preset", "?"), "n": n, "batch_size": batch_size, "seed": seed, "seeding": "per-image",
-           "sampling": s.to_dict(), "features": extractor.name, "sampling_precision": precision}  # fmt: skip
+    models = pipe.resolve_models(models)  # a draft or refiner loaded once, not per chunk
+    # the weights, not only the name: a model retrained under the same name must not resume old samples
+    run = {"model": model or pipe.info.get("preset", "?"), "weights": pipe.weights_record(models), "n": n, "batch_size": batch_size,
+           "seed": seed, "seeding": "per-image", "sampling": s.to_dict(), "features": extractor.name, "sampling_precision": precision}  # fmt: skip
     if n != requested:
         run["n_requested"] = requested
     if models.get("search") is not None:  # a test-time search: recorded, and its reward loaded once

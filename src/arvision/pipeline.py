@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import numbers
 import os
 from dataclasses import dataclass
@@ -59,6 +60,16 @@ def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     """Whether two models hold the same tensors (same names, shapes and values)."""
     sa, sb = a.state_dict(), b.state_dict()
     return sa.keys() == sb.keys() and all(sa[k].shape == sb[k].shape and torch.equal(sa[k], sb[k].to(sa[k].device)) for k in sa)
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """sha256 of a model's tensors (names, dtypes, shapes, values): which weights made a result, so
+    that a resumed evaluation never mixes samples of two models that share a name or directory."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 # keywords of Pipeline.sample that are not sampling settings (models, a search, the compute precision)
@@ -151,6 +162,22 @@ class Pipeline:
         if isinstance(model, (str, os.PathLike)):
             return Pipeline.from_pretrained(resolve(model), device=self.device).generator
         raise TypeError(f"{what} must be a pipeline, a generator, a model directory or a shipped name, got {type(model).__name__}")
+
+    def resolve_models(self, options: dict[str, Any]) -> dict[str, Any]:
+        """``options`` (:func:`pop_call_options`) with ``draft=`` and ``refiner=`` loaded and checked
+        once, as generators, for a run of many ``sample`` calls."""
+        out = dict(options)
+        if out.get("refiner") is not None:
+            out["refiner"] = self._refiner(out["refiner"])
+        if out.get("draft") is not None:
+            out["draft"] = self._generator(out["draft"], "draft")
+        return out
+
+    def weights_record(self, options: dict[str, Any]) -> dict[str, str]:
+        """:func:`weights_digest` of every model a run with ``options`` (from :meth:`resolve_models`) uses."""
+        record = {"generator": weights_digest(self.generator), "tokenizer": weights_digest(self.tokenizer)}
+        record.update({k: weights_digest(options[k]) for k in ("draft", "refiner") if options.get(k) is not None})
+        return record
 
     def _refiner(self, refiner) -> Generator | None:
         """CoDe's refiner as a generator; a pipeline's (or a directory's, a shipped model's) tokenizer

@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--seed", type=int, default=0, help="random seed: sample i has its own stream (default: %(default)s)")
     g.add_argument("--kid-subsets", type=int, default=100, help="KID: number of random subsets averaged (default: %(default)s)")
     g.add_argument("--kid-subset-size", type=int, default=1000, help="KID: samples per subset (default: %(default)s)")
-    g.add_argument("--overwrite", action="store_true", help="replace the samples of another evaluation run (other settings) in --out")
+    g.add_argument("--overwrite", action="store_true", help="replace the samples of another evaluation run (other settings or model weights) in --out")
     g.add_argument("--record", action="store_true", help="also write the metrics into the model's card (config.json 'info', "
                    "shown by `arvision info`); MODEL must be a writable model directory")  # fmt: skip
     add_sampling_args(g)
