@@ -422,7 +422,7 @@ GENERATOR_PRESETS["mnist-1d-raster"] = GeneratorPreset(
     "MNIST class-conditional next-token generator (LlamaGen-style, 1-D RoPE) on mnist-1d's 48-token sequences; "
     "num_tokens=k draws the first k tokens (a coarser image in k passes)",
     SequenceGenerator, llamagen_backbone(6, 128, 4), "mnist-1d",
-    GeneratorTrainConfig(steps=3000, batch_size=64, lr=2e-3), SamplingConfig(cfg=1.5),
+    GeneratorTrainConfig(steps=3000, batch_size=64, lr=2e-3), SamplingConfig(cfg=1.3),
 )
 
 def get_generator_preset(name: str) -> GeneratorPreset:
