@@ -9,7 +9,8 @@ Rows: plain ``mnist-scale``; CoDe with ``mnist-scale`` drafting the first K scal
 ``--variant`` (``mnist-scale-variant``, trained with its subnets) at full depth and on each depth
 schedule of ``SCHEDULES`` (blocks per scale, scales 1,2,3,4,5,7); and one schedule on plain
 ``mnist-scale``, whose subnets were never trained, to show what the training buys. Every row uses
-the models' default sampling (cfg 2, linear schedule).
+one guidance strength, ``--cfg`` (default 2, the models' shipped default when the table was first
+measured; linear schedule), so that the rows differ only in how the scales are decoded.
 
 Columns: sequential forward passes per image, split into the large model's and the small
 model's (CoDe's refiner, or the subnet's passes); relative compute = sum over the passes of blocks
@@ -36,6 +37,7 @@ import arvision
 from arvision.evaluate import balanced_labels
 from arvision.metrics.features import MnistFeatures, load_reference, to_uint8
 from arvision.metrics.generative import FeatureStats, frechet_distance
+from arvision.pipeline import weights_digest
 
 SCHEDULES = [(6, 6, 6, 6, 3, 3), (6, 6, 6, 3, 3, 3), (6, 6, 3, 3, 3, 3), (6, 6, 6, 2, 2, 2), (6, 6, 2, 2, 2, 2)]
 UNTRAINED = (6, 6, 6, 3, 3, 3)
@@ -94,8 +96,9 @@ def main() -> None:
     ap.add_argument("--time-batch", type=int, default=100)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--cfg", type=float, default=2.0, help="guidance of every row (linear schedule)")
     ap.add_argument("--samples", default="bench-next-scale-fast",
-                    help="cache of the generated samples (reruns reuse them; delete it when a model changes)")
+                    help="cache of the generated samples (reruns reuse them; keyed by the models' weights and settings)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", help="also write the report (markdown) here")
     args = ap.parse_args()
@@ -106,6 +109,7 @@ def main() -> None:
     table = rows(args)
     for r in table:
         r["pipe"], r["ref"] = pipes[r["model"]], (refiner if r["refiner"] else None)
+        r["sampling"] = {"cfg": args.cfg, **r["sampling"]}
 
     # timing: every row once per round, rounds repeated; the median per row
     labels = balanced_labels(args.time_batch, 10).tolist()
@@ -127,7 +131,8 @@ def main() -> None:
         r["large"], r["small"], r["compute"] = cost(r["pipe"], r["ref"], r["sampling"])
         tag = f"{Path(str(r['model'])).name}-{'-'.join(f'{k}{v}' for k, v in r['sampling'].items())}".replace(" ", "").replace(",", "_")
         if r["ref"] is not None:
-            tag += f"-{Path(str(r['refiner'])).name}"
+            tag += f"-{Path(str(r['refiner'])).name}-{weights_digest(r['ref'].generator)[:12]}"
+        tag += f"-{weights_digest(r['pipe'].generator)[:12]}"  # a retrained model under the same name gets new samples
         cache = Path(args.samples) / f"{tag}-n{args.n}-s{args.seed}.pt"
         images, got = samples(r["pipe"], r["ref"], r["sampling"], args.n, args.seed, cache)
         feats, logits = extractor.extract(images, 500)
@@ -138,7 +143,7 @@ def main() -> None:
     base = table[0]
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     lines = [
-        f"{args.n} samples per row; MNIST-FID: shipped classifier features vs the MNIST test set (as in orders.py); "
+        f"{args.n} samples per row at cfg {args.cfg:g} (linear); MNIST-FID: shipped classifier features vs the MNIST test set (as in orders.py); "
         f"ms/image at batch {args.time_batch}, median of {args.repeats} interleaved runs, {torch.get_num_threads()} torch thread(s); "
         f"run {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC at commit {commit} (+ working tree).",
         f"Refiner: {args.refiner}; VARiant model: {args.variant}. Passes: large model / small model (refiner or subnet). "
