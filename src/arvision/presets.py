@@ -351,7 +351,7 @@ GENERATOR_PRESETS: dict[str, GeneratorPreset] = {
     "mnist-masked": GeneratorPreset(
         "MNIST class-conditional masked generator (MaskGIT-style, 8 steps by default) on mnist-vq, 7x7 tokens",
         MaskedGenerator, llamagen_backbone(6, 128, 4), "mnist-vq",
-        GeneratorTrainConfig(steps=2500, batch_size=64, lr=2e-3), SamplingConfig(cfg=1.5, choice_temperature=15.0),
+        GeneratorTrainConfig(steps=2500, batch_size=64, lr=2e-3), SamplingConfig(cfg=1.25, choice_temperature=15.0),
     ),  # fmt: skip
     "mnist-neighbor": GeneratorPreset(
         "MNIST class-conditional next-neighbour generator (NAR-style, 13 ring steps) on mnist-vq, 7x7 tokens",
