@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import os
 import subprocess
@@ -16,6 +18,7 @@ from arvision.cli import main
 from arvision.data import load_mnist, save_image
 from arvision.errors import DataError
 from arvision.evaluate import evaluate_generator
+from arvision.pipeline import weights_digest
 from arvision.metrics import FeatureStats
 from arvision.metrics.features import MnistFeatures, load_images_npz, load_reference, save_samples_npz
 
@@ -82,6 +85,10 @@ def test_resume_refuses_the_samples_of_other_weights(tmp_path, tiny_pipeline_dir
     models = pipe.resolve_models({"refiner": str(tiny_pipeline_dir), "precision": "fp32"})
     assert isinstance(models["refiner"], torch.nn.Module) and models["precision"] == "fp32"
     assert pipe.weights_record(models)["refiner"] == first["weights"]["generator"]
+    # settings that live in the config, not in the tensors (here: the decoder's output clamp), count too
+    unclamped = copy.deepcopy(pipe.tokenizer)
+    unclamped.config = dataclasses.replace(unclamped.config, clamp_output=not pipe.tokenizer.config.clamp_output)
+    assert weights_digest(unclamped) != weights_digest(pipe.tokenizer)
 
 
 def test_sharded_eval_under_torchrun_equals_one_process(tmp_path) -> None:

@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
+import json
 import numbers
 import os
 from dataclasses import dataclass
@@ -63,9 +64,14 @@ def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 
 
 def weights_digest(model: torch.nn.Module) -> str:
-    """sha256 of a model's tensors (names, dtypes, shapes, values): which weights made a result, so
-    that a resumed evaluation never mixes samples of two models that share a name or directory."""
+    """sha256 of a model's config and tensors (names, dtypes, shapes, values): which model made a
+    result, so that a resumed evaluation never mixes samples of two models that share a name or
+    directory. The config counts too: a codec tokenizer's settings (JPEG restart markers) live
+    there, not in its tensors."""
     h = hashlib.sha256()
+    config = getattr(model, "config", None)
+    if hasattr(config, "to_dict"):
+        h.update(json.dumps(config.to_dict(), sort_keys=True, default=str).encode())
     for name, t in model.state_dict().items():
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
