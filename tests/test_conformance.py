@@ -187,6 +187,48 @@ def test_editing_keeps_the_known_tokens(preset: str) -> None:
     torch.testing.assert_close(recon, tok.reconstruct(images * 2 - 1).add(1).div(2).clamp(0, 1))
 
 
+@pytest.mark.parametrize("preset", NAMES)
+def test_completion_keeps_a_prefix_and_matches_the_seeded_decode(preset: str) -> None:
+    """Pipeline.sample_completion: the token-level edit (a first scale, the first rows, a 1-D prefix)
+    keeps the known tokens, is repeatable for a seed (a (L,) mask means the same as (B, L)), and
+    with every token known returns the tokens and their decoding."""
+    tok, gen = build(preset)
+    pipe = Pipeline(tok, gen)
+    prior = encoded(tok, 2, seed=3)
+    L = prior.shape[1]
+    known = torch.zeros(L, dtype=torch.bool)
+    known[: max(1, L // 4)] = True
+    out = pipe.sample_completion(prior, known, classes=[2, 7], seed=0)
+    assert out.images.shape == (2, tok.config.in_channels, tok.config.image_size, tok.config.image_size)
+    assert torch.equal(out.tokens[:, known], prior[:, known]) and out.known.shape == (2, L)
+    again = pipe.sample_completion(prior, known[None].expand(2, L), classes=[2, 7], seed=0, decode=False)
+    assert torch.equal(again.tokens, out.tokens)
+    whole = pipe.sample_completion(prior, torch.ones(L, dtype=torch.bool), classes=3)
+    assert torch.equal(whole.tokens, prior)
+    torch.testing.assert_close(whole.images, tok.decode(prior).add(1).div(2).clamp(0, 1))
+
+
+def test_bad_completion_inputs_are_clear_errors() -> None:
+    tok, gen = build("tiny-raster")
+    pipe = Pipeline(tok, gen)
+    prior = encoded(tok, 2)
+    L = prior.shape[1]
+    known = torch.zeros(L, dtype=torch.bool)
+    cases = [
+        (dict(tokens=prior, known=known.float(), classes=1), TypeError, "known must be a bool tensor"),
+        (dict(tokens=prior, known=known[:-1], classes=1), ValueError, "known must have shape"),
+        (dict(tokens=prior, known=torch.zeros(3, L, dtype=torch.bool), classes=1), ValueError, "known must have shape"),
+        (dict(tokens=prior[:, :-1], known=known, classes=1), ValueError, f"uses {L} tokens per image"),
+        (dict(tokens=prior + 10_000, known=known, classes=1), ValueError, "token ids must be in"),
+        (dict(tokens=prior.float(), known=known, classes=1), TypeError, "must be integers"),
+        (dict(tokens=prior, known=known, classes=10), ValueError, "unknown class id 10"),
+        (dict(tokens=prior, known=known, classes=None), ValueError, "pass classes"),
+    ]
+    for kwargs, error, message in cases:
+        with pytest.raises(error, match=message):
+            pipe.sample_completion(kwargs.pop("tokens"), kwargs.pop("known"), **kwargs)
+
+
 def test_bad_edit_inputs_are_clear_errors() -> None:
     import numpy as np
 

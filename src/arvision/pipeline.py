@@ -389,22 +389,54 @@ class Pipeline:
         Returns the images in [0, 1] with their tokens and ``known`` (the kept tokens). An
         all-False mask returns the tokenizer's reconstruction of the input.
         """
-        s = self.sampling_config(**sampling)
+        self.sampling_config(**sampling)  # bad options fail before the images are encoded
         check_batch_size(batch_size)
         check_precision(precision, self.device)
         x = self._edit_images(images)
-        B = x.shape[0]
         known = ~self.tokenizer.layout.token_mask(self._edit_mask(mask, x))
+        self._edit_labels(classes, x.shape[0])
+        prior = torch.cat([self.tokenizer.encode(x[b : b + batch_size].mul(2).sub(1)) for b in range(0, x.shape[0], batch_size)])
+        return self.sample_completion(prior, known, classes=classes, seed=seed, batch_size=batch_size, progress=progress, decode=decode,
+                                      callback=callback, refiner=refiner, draft=draft, precision=precision, **sampling)  # fmt: skip
+
+    @torch.no_grad()
+    def sample_completion(self, tokens: Tensor, known: Tensor, *, classes: Sequence[int] | int,
+                          seed: "int | Sequence[int] | torch.Generator | None" = 0, batch_size: int = 64, progress: bool = False,
+                          decode: bool = True, callback: Callable[[StepInfo], None] | None = None, refiner=None,
+                          draft=None, precision: str = "fp32", **sampling) -> GenerationOutput:  # fmt: skip
+        """Complete token sequences: keep ``tokens`` where ``known`` is True, generate the rest.
+
+        The token-level form of :meth:`sample_edit`, for what a pixel mask cannot say: the first K
+        scales of a next-scale image, the first rows of a grid, a prefix of a 1-D sequence
+        (``tokens = pipe.tokenizer.encode(x)``; keep ``known[:, :k]``).
+
+        Args:
+            tokens: (B, L) token ids of this model's tokenizer ((B, L, D) vectors for continuous
+                tokens); only the known ones are used, the others must still be valid.
+            known: (B, L) or (L,) bool, True = keep that token.
+            classes, seed, batch_size, progress, decode, callback, refiner, draft, precision, sampling
+                options: as in :meth:`sample_edit`.
+        """
+        s = self.sampling_config(**sampling)
+        check_batch_size(batch_size)
+        self.tokenizer.check_tokens(tokens)
+        B, L = tokens.shape[:2]
+        if not isinstance(known, Tensor) or known.dtype != torch.bool:
+            raise TypeError(f"known must be a bool tensor ({B}, {L}) or ({L},), True = keep the token; got {getattr(known, 'dtype', type(known).__name__)}")
+        if known.shape not in ((L,), (1, L), (B, L)):
+            raise ValueError(f"known must have shape ({B}, {L}) or ({L},) to match the tokens, got {tuple(known.shape)}")
+        known = known.to(self.device).expand(B, L).clone()
         labels = self._edit_labels(classes, B)
-        prior = torch.cat([self.tokenizer.encode(x[b : b + batch_size].mul(2).sub(1)) for b in range(0, B, batch_size)])
-        if bool(known.all()):  # nothing to regenerate: the reconstruction
+        tokens = tokens.to(self.device)
+        if bool(known.all()):  # nothing to generate: the tokens as they are
+            check_precision(precision, self.device)
             with self._compute(precision):
-                imgs = torch.cat([self.tokenizer.decode(prior[b : b + batch_size]) for b in range(0, B, batch_size)]).float() if decode else None
+                imgs = torch.cat([self.tokenizer.decode(tokens[b : b + batch_size]) for b in range(0, B, batch_size)]).float() if decode else None
             self.last_stats = SamplingStats(images=B, batches=-(-B // batch_size))
-            return GenerationOutput(images=imgs.add(1).div(2).clamp(0, 1) if decode else torch.empty(0), tokens=prior,
+            return GenerationOutput(images=imgs.add(1).div(2).clamp(0, 1) if decode else torch.empty(0), tokens=tokens,
                                     labels=labels, stats=self.last_stats, known=known)  # fmt: skip
-        return self._run(labels, s, seed, batch_size, progress, decode, prior=prior, known=known, callback=callback, refiner=refiner,
-                         draft=draft, precision=precision)
+        return self._run(labels, s, seed, batch_size, progress, decode, prior=tokens, known=known,
+                         callback=callback, refiner=refiner, draft=draft, precision=precision)  # fmt: skip
 
     def edit(self, images: Tensor | Sequence[Image.Image] | Image.Image, mask: Tensor, **kwargs) -> Tensor:
         """Edited images (B, C, H, W) in [0, 1]; same arguments as :meth:`sample_edit`."""
