@@ -97,6 +97,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--cfg", type=float, default=2.0, help="guidance of every row (linear schedule)")
+    ap.add_argument("--temperature", type=float, default=1.0,
+                    help="of every row (pinned, not the models' defaults, so that the table does not move when they are re-calibrated)")
     ap.add_argument("--samples", default="bench-next-scale-fast",
                     help="cache of the generated samples (reruns reuse them; keyed by the models' weights and settings)")
     ap.add_argument("--seed", type=int, default=0)
@@ -109,7 +111,7 @@ def main() -> None:
     table = rows(args)
     for r in table:
         r["pipe"], r["ref"] = pipes[r["model"]], (refiner if r["refiner"] else None)
-        r["sampling"] = {"cfg": args.cfg, **r["sampling"]}
+        r["sampling"] = {"cfg": args.cfg, "temperature": args.temperature, **r["sampling"]}
 
     # timing: every row once per round, rounds repeated; the median per row
     labels = balanced_labels(args.time_batch, 10).tolist()
@@ -143,7 +145,7 @@ def main() -> None:
     base = table[0]
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     lines = [
-        f"{args.n} samples per row at cfg {args.cfg:g} (linear); MNIST-FID: shipped classifier features vs the MNIST test set (as in orders.py); "
+        f"{args.n} samples per row at cfg {args.cfg:g} (linear), temperature {args.temperature:g}; MNIST-FID: shipped classifier features vs the MNIST test set (as in orders.py); "
         f"ms/image at batch {args.time_batch}, median of {args.repeats} interleaved runs, {torch.get_num_threads()} torch thread(s); "
         f"run {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC at commit {commit} (+ working tree).",
         f"Refiner: {args.refiner}; VARiant model: {args.variant}. Passes: large model / small model (refiner or subnet). "

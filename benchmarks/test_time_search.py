@@ -43,7 +43,7 @@ def partial_reward_auc(pipe, reward, labels: torch.Tensor, args) -> None:
     scores = []
     for b in range(0, len(labels), args.batch_size):
         lab = labels[b : b + args.batch_size]
-        run = DecodeRun(pipe.generator, pipe.tokenizer, lab, pipe.sampling_config(cfg=args.cfg), torch.Generator().manual_seed(args.seed + b))
+        run = DecodeRun(pipe.generator, pipe.tokenizer, lab, pipe.sampling_config(cfg=args.cfg, temperature=args.temperature), torch.Generator().manual_seed(args.seed + b))
         per_scale = []
         for step in run.plan:
             run.step(step)
@@ -76,6 +76,7 @@ def main() -> None:
     ap.add_argument("--n-per-class", type=int, default=200)
     ap.add_argument("--budgets", default="2,4")
     ap.add_argument("--cfg", type=float, help="guidance (default: the model's own)")
+    ap.add_argument("--temperature", type=float, help="sampling temperature (default: the model's own; the README's table: 1)")
     ap.add_argument("--reward", default="mnist-classifier")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch-size", type=int, default=1024)
@@ -93,7 +94,8 @@ def main() -> None:
 
     def row(name: str, **kw) -> None:
         t0 = time.perf_counter()
-        out = pipe.sample(labels.tolist(), 1, seed=args.seed, batch_size=args.batch_size, cfg=args.cfg, **kw)
+        out = pipe.sample(labels.tolist(), 1, seed=args.seed, batch_size=args.batch_size, cfg=args.cfg,
+                          temperature=args.temperature, **kw)
         secs = time.perf_counter() - t0
         feats, logits = extractor.extract(to_uint8(out.images))
         sc = score_features(feats, logits, reference, kid_subsets=10)
@@ -109,8 +111,8 @@ def main() -> None:
               f"{r.mean():.4f} | {100 * acc:.2f} % | {sc['fid']:.2f} | {sc['precision']:.3f} | {sc['recall']:.3f} | "
               f"{1000 * secs / n:.1f} |", flush=True)  # fmt: skip
 
-    cfg = args.cfg if args.cfg is not None else pipe.defaults.cfg
-    print(f"{args.model}, cfg {cfg}, {len(labels)} images, reward {args.reward}")
+    s = pipe.sampling_config(cfg=args.cfg, temperature=args.temperature)
+    print(f"{args.model}, cfg {s.cfg}, temperature {s.temperature}, {len(labels)} images, reward {args.reward}")
     print("| method | cand. passes / image | cand. tokens / image | rewards / image | mean reward | class acc. | MNIST-FID | "
           "precision | recall | ms / image |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|---|")

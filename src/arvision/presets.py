@@ -332,7 +332,8 @@ GENERATOR_PRESETS: dict[str, GeneratorPreset] = {
     "mnist-scale": GeneratorPreset(
         "MNIST class-conditional next-scale generator (VAR-style) on mnist-msvq, scales 1-7",
         NextScaleGenerator, var_backbone(6, 128, 4), "mnist-msvq",
-        GeneratorTrainConfig(steps=1500, batch_size=64, lr=2e-3), SamplingConfig(cfg=0.5, cfg_schedule="linear"),
+        GeneratorTrainConfig(steps=1500, batch_size=64, lr=2e-3),
+        SamplingConfig(cfg=0.75, cfg_schedule="linear", temperature=1.15),  # calibrated (docs/calibration.md)
     ),  # fmt: skip
     "mnist-scale-refiner": GeneratorPreset(
         "MNIST next-scale refiner for collaborative decoding (CoDe) with mnist-scale: depth 2, trained on scales 3x3-7x7 only",
@@ -349,9 +350,10 @@ GENERATOR_PRESETS: dict[str, GeneratorPreset] = {
         {"subnet_depths": (2, 3), "subnet_from": (2, 3), "subnet_loss_share": (0.8, 0.5, 0.2)},
     ),  # fmt: skip
     "mnist-masked": GeneratorPreset(
-        "MNIST class-conditional masked generator (MaskGIT-style, 8 steps by default) on mnist-vq, 7x7 tokens",
+        "MNIST class-conditional masked generator (MaskGIT-style, 16 steps by default) on mnist-vq, 7x7 tokens",
         MaskedGenerator, llamagen_backbone(6, 128, 4), "mnist-vq",
-        GeneratorTrainConfig(steps=2500, batch_size=64, lr=2e-3), SamplingConfig(cfg=1.25, choice_temperature=15.0),
+        GeneratorTrainConfig(steps=2500, batch_size=64, lr=2e-3),
+        SamplingConfig(cfg=1.25, choice_temperature=15.0, temperature=1.1, num_steps=16),  # calibrated (docs/calibration.md)
     ),  # fmt: skip
     "mnist-neighbor": GeneratorPreset(
         "MNIST class-conditional next-neighbour generator (NAR-style, 13 ring steps) on mnist-vq, 7x7 tokens",
@@ -361,7 +363,8 @@ GENERATOR_PRESETS: dict[str, GeneratorPreset] = {
     "mnist-markov-scale": GeneratorPreset(
         "MNIST class-conditional Markovian next-scale generator (HMAR-style, no KV cache, optional refinement) on mnist-msvq",
         MarkovScaleGenerator, var_backbone(6, 128, 4), "mnist-msvq",
-        GeneratorTrainConfig(steps=1500, batch_size=64, lr=2e-3), SamplingConfig(cfg=0.5, cfg_schedule="linear"),
+        GeneratorTrainConfig(steps=1500, batch_size=64, lr=2e-3),
+        SamplingConfig(cfg=1.25, cfg_schedule="linear", temperature=1.2),  # calibrated (docs/calibration.md)
         {"refine": True},
     ),  # fmt: skip
     "mnist-mar": GeneratorPreset(
@@ -409,7 +412,8 @@ GENERATOR_PRESETS["mnist-flexvar"] = GeneratorPreset(
     "MNIST class-conditional FlexVAR generator (next-scale without residuals, VAR backbone) on mnist-flexscale: "
     "trained on random schedules of sides 1-7, sampled with any schedule of sides up to 14 (56 px)",
     FlexVARGenerator, var_backbone(6, 128, 4), "mnist-flexscale",
-    GeneratorTrainConfig(steps=1500, batch_size=64, lr=2e-3), SamplingConfig(cfg=0.5, cfg_schedule="linear"),
+    GeneratorTrainConfig(steps=1500, batch_size=64, lr=2e-3),
+    SamplingConfig(cfg=1.25, cfg_schedule="linear", temperature=1.4),  # calibrated (docs/calibration.md)
 )
 
 

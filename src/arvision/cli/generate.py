@@ -40,7 +40,7 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, help="0 = off, 1 = greedy")
     p.add_argument("--top-p", type=float, help="0 or 1 = off")
     p.add_argument("--steps", type=int, dest="num_steps",
-                   help="decoding steps where the order lets you choose (masked, MAR: whole grid, default 8; "
+                   help="decoding steps where the order lets you choose (masked, MAR: whole grid, default: the model's, else 8; "
                         "markov-scale: refinement steps per scale, default 1)")  # fmt: skip
     p.add_argument("--diffusion-steps", type=int, help="continuous tokens (MAR): denoising steps per token (default: the model's)")
     p.add_argument("--choice-temperature", type=float, help="Gumbel noise on masked-step confidences (default 4.5)")
