@@ -77,6 +77,8 @@ def main() -> None:
     ap.add_argument("--time-batch", type=int, default=100, help="batch size of the timing runs")
     ap.add_argument("--plot", default="bench-orders.png", help="PNG plot of MNIST-FID against ms/image")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--overwrite", action="store_true",
+                    help="replace sample chunks in --samples that other weights or settings made (refused without it)")
     ap.add_argument("--only", help="comma-separated models: score only their rows (e.g. mnist-mar,mnist-tokenbridge)")
     args = ap.parse_args()
     rows_to_run = [r for r in ROWS if not args.only or r[1] in args.only.split(",")]
@@ -107,7 +109,7 @@ def main() -> None:
         # shipped models: the same sample chunks as benchmarks/generator_quality.py (computed once, reused)
         out = runs / "eval" / f"{tag}-{args.train_steps}" if args.train_steps else Path(args.samples) / tag
         r = evaluate_generator(pipe, extractor, reference, n=args.n, out_dir=out, batch_size=500, seed=args.seed,
-                               model=tag, progress=True, **overrides)  # fmt: skip
+                               model=tag, progress=True, overwrite=args.overwrite, **overrides)  # fmt: skip
         tr = pipe.info.get("training", {})
         rows.append({
             "label": label, "model": name, "fid": r["fid"], "acc": r["class_accuracy"],
