@@ -34,7 +34,8 @@ import torch
 import arvision
 from arvision.data import MnistDataset
 from arvision.metrics.features import MnistFeatures, load_reference, to_uint8
-from arvision.metrics.generative import FeatureStats, frechet_distance, precision_recall
+from arvision.evaluate import score_features
+from arvision.metrics.generative import FeatureStats, frechet_distance
 from arvision.pipeline import weights_digest
 
 MODELS = ("mnist-scale", "mnist-markov-scale", "mnist-raster")
@@ -78,7 +79,7 @@ def main() -> None:
     for name in args.models.split(","):
         pipe = arvision.load(name)
         digest = weights_digest(pipe.generator)[:12]
-        tokens = torch.cat([pipe.tokenizer.encode(data.images[b : b + 500]) for b in range(0, args.n, 500)])
+        tokens = torch.cat([pipe.tokenizer.encode(data.images[b : b + args.batch_size]) for b in range(0, args.n, args.batch_size)])
         L = tokens.shape[1]
         for what, k in prefix_points(pipe.tokenizer.layout):
             path = out / f"{Path(name).name}-{digest}-k{k}-n{args.n}-s{args.seed}.json"
@@ -90,10 +91,10 @@ def main() -> None:
                 t0 = time.perf_counter()
                 res = pipe.sample_completion(tokens, known, classes=labels.tolist(), seed=args.seed, batch_size=args.batch_size)
                 feats, logits = extractor.extract(to_uint8(res.images), 500)  # the shipped classifier's features and logits
-                prec, rec = precision_recall(reference.features, feats)
-                row = {"model": Path(name).name, "kept": what, "kept_tokens": k, "tokens": L,
-                       "fid": frechet_distance(FeatureStats.of(feats), reference.stats),
-                       "class_accuracy": (logits.argmax(1) == labels).float().mean().item(), "precision": prec, "recall": rec,
+                sc = score_features(feats, logits, reference, kid_subsets=10)  # the scorer of eval generator (FID, precision/recall k=3)
+                row = {"model": Path(name).name, "kept": what, "kept_tokens": k, "tokens": L, "fid": sc["fid"],
+                       "class_accuracy": (logits.argmax(1) == labels).float().mean().item(),
+                       "precision": sc["precision"], "recall": sc["recall"],
                        "seconds": round(time.perf_counter() - t0, 1), "sampling": pipe.sampling_config().to_dict()}  # fmt: skip
                 path.write_text(json.dumps(row, indent=1))
             rows.append(row)

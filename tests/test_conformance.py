@@ -188,7 +188,7 @@ def test_editing_keeps_the_known_tokens(preset: str) -> None:
 
 
 @pytest.mark.parametrize("preset", NAMES)
-def test_completion_keeps_a_prefix_and_matches_the_seeded_decode(preset: str) -> None:
+def test_completion_keeps_a_prefix_and_is_repeatable_for_a_seed(preset: str) -> None:
     """Pipeline.sample_completion: the token-level edit (a first scale, the first rows, a 1-D prefix)
     keeps the known tokens, is repeatable for a seed (a (L,) mask means the same as (B, L)), and
     with every token known returns the tokens and their decoding."""
