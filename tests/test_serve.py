@@ -20,7 +20,7 @@ import pytest
 import arvision
 from arvision.cli import main
 from arvision.serve import GenerationServer, load_pipelines
-from arvision.serve.client import APIError, cancel, decode_png, generate, get_json, images_of, stream
+from arvision.serve.client import APIError, cancel, decode_png, generate, get_json, images_of, same_image, stream
 from arvision.serve.worker import png_base64
 
 REPO = Path(__file__).resolve().parents[1]
@@ -194,7 +194,7 @@ def test_concurrent_requests_share_one_batch_and_equal_their_solo_results(server
         done = out[i][-1]
         assert done["event"] == "done" and done["batch_requests"] == 2 and done["batch_images"] == 7
         for got, want in zip(images_of(out[i]), solo_pngs(pipelines["mnist-scale"], b["classes"], b["n"], b["seed"]), strict=True):
-            np.testing.assert_array_equal(got, want)
+            assert same_image(got, want)  # the same tokens; a pixel may round one level apart in another batch size
 
 
 def test_different_settings_run_in_separate_batches(server):
@@ -263,6 +263,19 @@ def test_cancel_a_running_request_by_id(server):
     assert list(events)[-1]["event"] == "cancelled"
     wait_until(lambda: server.workers["mnist-raster"].batches == 1)
     assert g.steps < 40
+
+
+def test_same_image_allows_one_rounding_level_and_nothing_more(pipelines):
+    """A merged batch's pixel may round one 8-bit level apart from the request alone (the decoder's
+    float output depends on the batch size: the load run below failed on it with the 2026-12-02
+    mnist-scale weights); another request's image never passes."""
+    a, b = solo_pngs(pipelines["mnist-scale"], [3, 5], 1, 0)
+    nudged = a.copy()
+    nudged[14, 14] = nudged[14, 14] + 1 if nudged[14, 14] < 255 else 254
+    assert same_image(a, a) and same_image(a, nudged) and same_image(nudged, a)
+    nudged[14, 14] = (int(a[14, 14]) + 2) % 256
+    assert not same_image(a, nudged)
+    assert not same_image(a, b) and not same_image(a, a[:27])
 
 
 def test_a_small_load_run_loses_and_mixes_up_nothing(pipelines):

@@ -413,7 +413,7 @@ GENERATOR_PRESETS["mnist-flexvar"] = GeneratorPreset(
     "trained on random schedules of sides 1-7, sampled with any schedule of sides up to 14 (56 px)",
     FlexVARGenerator, var_backbone(6, 128, 4), "mnist-flexscale",
     GeneratorTrainConfig(steps=1500, batch_size=64, lr=2e-3),
-    SamplingConfig(cfg=1.25, cfg_schedule="linear", temperature=1.3),  # calibrated (docs/calibration.md)
+    SamplingConfig(cfg=1.5, cfg_schedule="linear", temperature=1.3),  # calibrated (docs/calibration.md)
 )
 
 

@@ -2,8 +2,10 @@
 
 Requests whose sampling settings are equal are decoded together in one ``Pipeline.sample``
 call (their classes may differ): each image has its own random stream
-(``arvision.samplers.image_seeds``), so a request served in a merged batch gets exactly the
-images it would get alone, ``pipe.sample(classes, n, seed=s)``. Without per-image streams (an
+(``arvision.samplers.image_seeds``), so a request served in a merged batch gets the
+images it would get alone, ``pipe.sample(classes, n, seed=s)``: the same random draws, and pixels
+within one 8-bit level (the decoder's float output depends in its last bits on the batch size;
+``arvision.serve.client.same_image``). Without per-image streams (an
 older arvision) only identical requests (settings, classes, n and seed) share a run.
 
 A cancelled request (``POST /cancel/ID`` or its client went away) leaves the queue at once; a
