@@ -194,7 +194,7 @@ def test_concurrent_requests_share_one_batch_and_equal_their_solo_results(server
         done = out[i][-1]
         assert done["event"] == "done" and done["batch_requests"] == 2 and done["batch_images"] == 7
         for got, want in zip(images_of(out[i]), solo_pngs(pipelines["mnist-scale"], b["classes"], b["n"], b["seed"]), strict=True):
-            assert same_image(got, want)  # the same tokens; a pixel may round one level apart in another batch size
+            assert same_image(got, want)  # the same draws; a pixel may round one level apart in another batch size
 
 
 def test_different_settings_run_in_separate_batches(server):
