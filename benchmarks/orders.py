@@ -79,10 +79,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--overwrite", action="store_true",
                     help="replace sample chunks in --samples that other weights or settings made (refused without it)")
+    ap.add_argument("--threads", type=int, default=2, help="CPU threads (1 when another job shares the machine)")
     ap.add_argument("--only", help="comma-separated models: score only their rows (e.g. mnist-mar,mnist-tokenbridge)")
     args = ap.parse_args()
     rows_to_run = [r for r in ROWS if not args.only or r[1] in args.only.split(",")]
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     runs = Path(args.runs)
     extractor = MnistFeatures()
     reference = load_reference("mnist:test", extractor, progress=False)

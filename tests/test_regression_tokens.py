@@ -2,7 +2,7 @@
 redesign (issue 12): any change to the decoding layer must reproduce them exactly.
 
 The mnist-scale and mnist-masked cases were re-recorded on 2026-12-01 for their retrained weights,
-the mnist-masked ones again, the mnist-markov-scale ones (twice) and the mnist-scale ones again on 2026-12-02 (issue 18; every other case
+the mnist-masked ones again, the mnist-markov-scale ones (three times) and the mnist-scale ones again on 2026-12-02 (issue 18; every other case
 came out bit-identical in those re-recordings, so they still hold the tokens of before the redesign).
 
 Regenerate (only when a model or a deliberate sampling change makes the old tokens obsolete):
