@@ -399,7 +399,7 @@ GENERATOR_PRESETS["mnist-tokenbridge"] = GeneratorPreset(
     "MNIST class-conditional TokenBridge generator: raster next-token over mnist-kl's tokens quantized per channel, "
     "channel-autoregressive head, 7x7 tokens",
     TokenBridgeGenerator, llamagen_backbone(6, 128, 4), "mnist-tokenbridge",
-    GeneratorTrainConfig(steps=2000, batch_size=64, lr=2e-3), SamplingConfig(cfg=2.0),
+    GeneratorTrainConfig(steps=2000, batch_size=64, lr=2e-3), SamplingConfig(cfg=1.5),  # calibrated (docs/calibration.md)
     {"channel_head": ChannelHeadConfig(width=64, depth=1, num_heads=2)},
 )
 
