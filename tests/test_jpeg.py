@@ -422,3 +422,23 @@ def test_parse_state_settings_that_cannot_work_are_clear_errors() -> None:
     other = JpegTokenizer(JpegConfig(image_size=16, quality=25, max_len=80))  # 4 blocks: other feature sizes
     with pytest.raises(ValueError, match="feature sizes"):
         gen.training_inputs(tokens, torch.tensor([1, 2]), other)
+
+
+def test_codec_floor_benchmark_runs_and_orders_the_qualities(tmp_path) -> None:
+    """benchmarks/jpeg_floor.py (the JPEG codec's own MNIST-FID, docs/jpeg.md) on a few digits:
+    the real row first, then a stream longer and a PSNR higher at the higher quality."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "jpeg_floor.py"
+    out = tmp_path / "floor.json"
+    res = subprocess.run([sys.executable, str(script), "--n", "200", "--qualities", "25,90", "--json", str(out)],
+                         capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert "| JPEG quality 25 |" in res.stdout and "x the floor" in res.stdout
+    real, q25, q90 = json.loads(out.read_text())["rows"]
+    assert real["quality"] is None and (q25["quality"], q90["quality"]) == (25, 90)
+    assert 100 < q25["scan_bytes"] < q90["scan_bytes"] and 24 < q25["psnr"] < q90["psnr"]
+    assert q90["mnist_fid"] < q25["mnist_fid"]

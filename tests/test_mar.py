@@ -45,6 +45,34 @@ def test_mask_schedule_is_mars() -> None:
     assert [int(m) for m in mar_mask_lengths(16, 16)][-3:] == [2, 1, 0]  # every step fills at least one
 
 
+def test_cosine_training_mask_covers_the_shares_sampling_meets() -> None:
+    """mask_schedule="cosine": a share cos(pi/2 u) per image, so training also sees the images
+    with most tokens known that sampling's last steps meet (MAR's truncated normal on [0.7, 1]
+    never shows more than 30 % of them)."""
+    import math
+
+    from arvision.generators.mar import MarConfig, MarGenerator, mar_backbone
+
+    def inputs(schedule: str) -> torch.Tensor:
+        cfg = MarConfig(transformer=mar_backbone(1, 16, 2), decoder=mar_backbone(1, 16, 2), grid_size=7, token_dim=4,
+                        num_classes=2, buffer_size=2, mask_schedule=schedule)  # fmt: skip
+        torch.manual_seed(0)
+        gen = MarGenerator(cfg)
+        tokens, labels = torch.randn(4000, 49, 4), torch.zeros(4000, dtype=torch.long)
+        kw, _ = gen.training_inputs(tokens, labels, None, generator=torch.Generator().manual_seed(0))
+        assert torch.isfinite(gen(**{k: v[:8] if torch.is_tensor(v) else v for k, v in kw.items()}))
+        return kw["masked_BL"].sum(1)  # masked tokens per image
+
+    cosine, mar = inputs("cosine"), inputs("mar")
+    assert cosine.min() >= 1 and cosine.max() == 49 and len(cosine.unique()) > 40  # per image, the whole range
+    assert abs(cosine.float().mean().item() / 49 - 2 / math.pi) < 0.02  # E[cos(pi/2 u)] = 2/pi
+    assert (cosine <= 49 * 0.3).float().mean() > 0.15  # P(share <= 0.3) = 1 - acos(0.3) * 2/pi = 0.19
+    assert len(mar.unique()) == 1 and mar[0] >= math.ceil(49 * 0.7)  # one share per batch, >= 0.7
+    with pytest.raises(ValueError, match="mask_schedule"):
+        MarConfig(transformer=mar_backbone(1, 16, 2), decoder=mar_backbone(1, 16, 2), grid_size=7, token_dim=4,
+                  num_classes=2, mask_schedule="uniform")  # fmt: skip
+
+
 @needs_fixture
 def test_architecture_is_inferred(gen) -> None:
     c = gen.config
@@ -280,3 +308,15 @@ def test_official_sizes_on_the_meta_device(size, depth, width, heads, head_depth
     inferred = infer_mar(official)
     assert MAR_HEADS[width] == heads
     assert inferred.to_dict() == cfg.replace(sampling=inferred.sampling).to_dict()
+
+
+def test_context_benchmark_runs_on_the_shipped_model() -> None:
+    """benchmarks/mar_context.py (the loss vs the masked share, docs/calibration.md) on a few digits."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "mar_context.py"
+    res = subprocess.run([sys.executable, str(script), "--n", "16", "--shares", "1,0.5"], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    row = [line for line in res.stdout.splitlines() if line.startswith("| `mnist-mar`")]
+    assert len(row) == 1 and all(0 < float(v) < 2 for v in row[0].strip("| ").split(" | ")[1:])

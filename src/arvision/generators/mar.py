@@ -12,7 +12,7 @@ shared transformer:
   "diffusion position" per token: z (B, L, C_dec).
 
 Training masks a random share of each image (a truncated normal on [mask_ratio_min, 1], one draw
-per batch, as in MAR) in a random order and trains the head on the masked tokens. Sampling
+per batch, as in MAR; or MaskGIT's cosine share per image, ``mask_schedule``) in a random order and trains the head on the masked tokens. Sampling
 (:class:`MarOrder`) starts from an all-masked image and, in ``num_steps`` steps, fills the
 tokens of a random order on MAR's cosine schedule, each by running the diffusion head.
 
@@ -33,7 +33,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
@@ -63,7 +63,14 @@ class MarConfig(GeneratorConfig):
         grid_size: side n of the token grid (L = n*n); token_dim: channels D of a token.
         buffer_size: leading class positions of the encoder (MAR: 64).
         mask_ratio_min: the training mask share is drawn from a normal (mean 1, std 0.25)
-            truncated to [mask_ratio_min, 1].
+            truncated to [mask_ratio_min, 1] (``mask_schedule="mar"``).
+        mask_schedule: how training draws the share of masked tokens. "mar" (MAR's): one share per
+            batch from the truncated normal above, so at most ``1 - mask_ratio_min`` of the tokens
+            are ever visible in training, while sampling's last steps see up to ``1 - 1/L``; the
+            loss of a short-trained model then rises again as more tokens are known (``mnist-mar``,
+            docs/calibration.md). "cosine" (MaskGIT's): a share cos(pi/2 u), u ~ U(0, 1), per image,
+            the distribution of the masked share over the steps of sampling's cosine schedule;
+            at least one token masked; ``mask_ratio_min`` is not used.
         head: the diffusion head (its token_dim / cond_dim are filled in from this config).
     """
 
@@ -73,6 +80,7 @@ class MarConfig(GeneratorConfig):
     token_dim: int
     buffer_size: int = 64
     mask_ratio_min: float = 0.7
+    mask_schedule: Literal["mar", "cosine"] = "mar"
     head: DiffusionHeadConfig = field(default_factory=lambda: DiffusionHeadConfig(token_dim=1, cond_dim=1))
     token_kind: ClassVar[str] = "vectors"
 
@@ -82,6 +90,8 @@ class MarConfig(GeneratorConfig):
             raise ValueError("grid_size, token_dim and buffer_size must be >= 1")
         if not 0 < self.mask_ratio_min <= 1:
             raise ValueError(f"mask_ratio_min must be in (0, 1], got {self.mask_ratio_min}")
+        if self.mask_schedule not in ("mar", "cosine"):
+            raise ValueError(f"mask_schedule must be 'mar' (MAR's truncated normal) or 'cosine' (MaskGIT's), got {self.mask_schedule!r}")
         for t in (self.transformer, self.decoder):
             if t.conditioning != "prefix":
                 raise ValueError("MAR's blocks take the class through the buffer positions: use conditioning='prefix'")
@@ -256,12 +266,16 @@ class MarGenerator(Generator):
     # -- training ------------------------------------------------------------------------------------
     def training_inputs(self, tokens_BL: Tensor, labels_B: Tensor, tokenizer,
                         generator: torch.Generator | None = None) -> tuple[dict, dict]:  # fmt: skip
-        """MAR's masking: one share per batch from the truncated normal, ceil(L * share) tokens of a
-        random order per image."""
+        """ceil(L * share) tokens of a random order per image masked; the share from the config's
+        ``mask_schedule`` (MAR: one per batch from the truncated normal; cosine: one per image)."""
         B, L = tokens_BL.shape[:2]
-        share = truncated_normal(self.config.mask_ratio_min, 1.0, 1.0, 0.25, generator, tokens_BL.device)
+        if self.config.mask_schedule == "cosine":
+            u_B1 = torch.rand(B, 1, generator=generator, device=tokens_BL.device)
+            count = torch.ceil(L * torch.cos(math.pi / 2 * u_B1)).clamp(1, L)
+        else:
+            count = math.ceil(L * truncated_normal(self.config.mask_ratio_min, 1.0, 1.0, 0.25, generator, tokens_BL.device))
         rank = torch.rand(B, L, generator=generator, device=tokens_BL.device).argsort(1).argsort(1)
-        masked = rank < math.ceil(L * share)
+        masked = rank < count
         return {"tokens_BL": tokens_BL, "labels_B": labels_B, "masked_BL": masked, "rng": generator}, {}
 
     def forward(self, tokens_BL: Tensor, labels_B: Tensor, masked_BL: Tensor, rng: torch.Generator | None = None) -> Tensor:
