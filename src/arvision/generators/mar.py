@@ -12,8 +12,8 @@ shared transformer:
   "diffusion position" per token: z (B, L, C_dec).
 
 Training masks a random share of each image (a truncated normal on [mask_ratio_min, 1], one draw
-per batch, as in MAR; or MaskGIT's cosine share per image, ``mask_schedule``) in a random order and trains the head on the masked tokens. Sampling
-(:class:`MarOrder`) starts from an all-masked image and, in ``num_steps`` steps, fills the
+per batch, as in MAR; or MaskGIT's cosine share per image, ``mask_schedule``) in a random order
+and trains the head on the masked tokens. Sampling (:class:`MarOrder`) starts from an all-masked image and, in ``num_steps`` steps, fills the
 tokens of a random order on MAR's cosine schedule, each by running the diffusion head.
 
 Official checkpoints (LTH14/mar) load unchanged through ``arvision.convert.from_mar``: the
