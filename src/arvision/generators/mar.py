@@ -13,8 +13,9 @@ shared transformer:
 
 Training masks a random share of each image (a truncated normal on [mask_ratio_min, 1], one draw
 per batch, as in MAR; or MaskGIT's cosine share per image, ``mask_schedule``) in a random order
-and trains the head on the masked tokens. Sampling (:class:`MarOrder`) starts from an all-masked image and, in ``num_steps`` steps, fills the
-tokens of a random order on MAR's cosine schedule, each by running the diffusion head.
+and trains the head on the masked tokens. Sampling (:class:`MarOrder`) starts from an all-masked
+image and, in ``num_steps`` steps, fills the tokens of a random order on MAR's cosine schedule,
+each by running the diffusion head.
 
 Official checkpoints (LTH14/mar) load unchanged through ``arvision.convert.from_mar``: the
 parameter names below are MAR's except ``encoder_blocks``/``decoder_blocks`` (here
@@ -40,6 +41,7 @@ from torch import Tensor, nn
 
 from arvision.generators.base import Generator, GeneratorConfig
 from arvision.generators.diffusion import DiffusionHead, DiffusionHeadConfig, GuidedRows
+from arvision.generators.masked import cosine_training_mask, random_mask
 from arvision.generators.parts import ClassCondition, match_rows
 from arvision.modeling import PretrainedModel, register_model
 from arvision.nn.kv_cache import KVCache
@@ -270,12 +272,10 @@ class MarGenerator(Generator):
         ``mask_schedule`` (MAR: one per batch from the truncated normal; cosine: one per image)."""
         B, L = tokens_BL.shape[:2]
         if self.config.mask_schedule == "cosine":
-            u_B1 = torch.rand(B, 1, generator=generator, device=tokens_BL.device)
-            count = torch.ceil(L * torch.cos(math.pi / 2 * u_B1)).clamp(1, L)
+            masked = cosine_training_mask(B, L, generator, tokens_BL.device)
         else:
-            count = math.ceil(L * truncated_normal(self.config.mask_ratio_min, 1.0, 1.0, 0.25, generator, tokens_BL.device))
-        rank = torch.rand(B, L, generator=generator, device=tokens_BL.device).argsort(1).argsort(1)
-        masked = rank < count
+            share = truncated_normal(self.config.mask_ratio_min, 1.0, 1.0, 0.25, generator, tokens_BL.device)
+            masked = random_mask(math.ceil(L * share), B, L, generator, tokens_BL.device)
         return {"tokens_BL": tokens_BL, "labels_B": labels_B, "masked_BL": masked, "rng": generator}, {}
 
     def forward(self, tokens_BL: Tensor, labels_B: Tensor, masked_BL: Tensor, rng: torch.Generator | None = None) -> Tensor:

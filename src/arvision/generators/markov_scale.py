@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from arvision.generators.masked import cosine_mask_ratio
+from arvision.generators.masked import cosine_mask_ratio, random_mask
 from arvision.generators.next_scale import NextScaleConfig, NextScaleGenerator, NextScaleOrder
 from arvision.generators.parts import match_rows
 from arvision.modeling import register_model
@@ -121,8 +121,7 @@ class MarkovScaleGenerator(NextScaleGenerator):
             n = end - start
             u = torch.rand(B, 1, generator=generator, device=dev)
             n_mask = torch.where(whole, n, (cosine_mask_ratio(u) * n).ceil().clamp(1, n))
-            rank = torch.rand(B, n, generator=generator, device=dev).argsort(1).argsort(1)
-            masked[:, start:end] = rank < n_mask
+            masked[:, start:end] = random_mask(n_mask, B, n, generator, dev)
         inputs["tokens_BL"] = torch.where(masked, self.mask_id, tokens_BL)
         return inputs, {"masked_BL": masked}
 

@@ -36,6 +36,19 @@ def cosine_mask_ratio(u: Tensor) -> Tensor:
     return torch.cos(u * (math.pi / 2))
 
 
+def random_mask(n_mask: Tensor | int, B: int, L: int, generator: torch.Generator | None, device) -> Tensor:
+    """(B, L) bool: the first ``n_mask`` (an int, or (B, 1) per row) positions of a random order per row."""
+    rank = torch.rand(B, L, generator=generator, device=device).argsort(1).argsort(1)
+    return rank < n_mask
+
+
+def cosine_training_mask(B: int, L: int, generator: torch.Generator | None, device) -> Tensor:
+    """MaskGIT's training mask (B, L): per row u ~ U(0, 1), then ceil(L * cos(pi/2 u)) random
+    positions (at least one); draws u, then the order, from ``generator``."""
+    u = torch.rand(B, 1, generator=generator, device=device)
+    return random_mask((cosine_mask_ratio(u) * L).ceil().clamp(1, L), B, L, generator, device)
+
+
 @register_order
 class MaskedOrder(Order):
     """``num_steps`` bidirectional passes over the whole grid, each revealing the most confident
@@ -99,10 +112,7 @@ class MaskedGenerator(GridGenerator):
                         generator: torch.Generator | None = None) -> tuple[dict, dict]:  # fmt: skip
         """Mask ceil(L * cos(pi/2 u)) random positions of each grid (at least one)."""
         B, L = tokens_BL.shape
-        u = torch.rand(B, 1, generator=generator, device=tokens_BL.device)
-        n_mask = (cosine_mask_ratio(u) * L).ceil().clamp(1, L)
-        rank = torch.rand(B, L, generator=generator, device=tokens_BL.device).argsort(1).argsort(1)
-        masked = rank < n_mask
+        masked = cosine_training_mask(B, L, generator, tokens_BL.device)
         return {"tokens_BL": torch.where(masked, self.mask_id, tokens_BL), "labels_B": labels_B}, {"masked_BL": masked}
 
     def training_loss(self, logits_BLV: Tensor, tokens_BL: Tensor, extra: dict) -> tuple[Tensor, Tensor]:
