@@ -214,3 +214,20 @@ def test_shipped_mnist_tokenbridge_uses_its_quantizer() -> None:
     """(Its class accuracy is checked with the other shipped generators, tests/test_shipped_models.py.)"""
     pipe = arvision.load("mnist-tokenbridge")
     assert pipe.generator.token_kind == "channel-ids" and isinstance(pipe.tokenizer, TokenBridgeTokenizer)
+
+
+def test_training_throughput_benchmark_measures_the_tokenbridge_generator() -> None:
+    """`mnist-tokenbridge` names a generator preset and its (fitted, not trained) tokenizer preset:
+    benchmarks/training_throughput.py took it for the tokenizer and crashed in its forward pass, and
+    `benchmarks/orders.py --only mnist-mar,mnist-tokenbridge` (the README's command) with it."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "training_throughput.py"
+    res = subprocess.run([sys.executable, str(script), "--one", "mnist-tokenbridge", "--steps", "1"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    row = json.loads(res.stdout.strip().splitlines()[-1])
+    assert row["unit"] == "tokens" and row["rate"] > 0 and row["params"] == sum(
+        p.numel() for p in arvision.load("mnist-tokenbridge").generator.parameters())
