@@ -44,8 +44,8 @@ ROWS = [
     ("masked, 4 steps", "mnist-masked", {"num_steps": 4}),
     ("masked, 8 steps", "mnist-masked", {"num_steps": 8}),
     ("masked, 16 steps (default)", "mnist-masked", {}),
-    ("MAR (continuous, diffusion head), 8 steps", "mnist-mar", {}),
-    ("MAR, 16 steps", "mnist-mar", {"num_steps": 16}),
+    ("MAR, 8 steps, 25 denoising steps", "mnist-mar", {"num_steps": 8, "diffusion_steps": 25}),
+    ("MAR (continuous, diffusion head), 16 steps, 50 denoising steps (default)", "mnist-mar", {}),
     ("TokenBridge (channel-AR head, raster)", "mnist-tokenbridge", {}),
 ]
 

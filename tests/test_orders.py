@@ -209,3 +209,22 @@ def test_a_known_raster_prefix_is_teacher_forced_in_one_pass(monkeypatch) -> Non
     slow = decode(gen, tok, torch.tensor([1, 2]), s, prior_BL=prior, known_BL=known)
     assert slow.stats.forward_passes == gen.num_tokens and torch.equal(fast.tokens, slow.tokens)
     assert torch.equal(fast.tokens[known], prior[known])
+
+
+def test_every_row_of_the_orders_benchmark_measures_a_distinct_setting(monkeypatch) -> None:
+    """benchmarks/orders.py's rows with overrides name settings that differ from the model's defaults
+    (when mnist-mar's default became 16 steps, its "16 steps" row repeated the default row)."""
+    import importlib
+    import sys
+    from pathlib import Path
+
+    import arvision
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    orders = importlib.import_module("orders")
+    settings = {}
+    for label, name, overrides in orders.ROWS:
+        cfg = arvision.load(name).sampling_config(**overrides)
+        assert (name, cfg) not in settings.values(), f"row {label!r} repeats row {next(k for k, v in settings.items() if v == (name, cfg))!r}"
+        settings[label] = (name, cfg)
+    sys.modules.pop("orders", None)

@@ -371,7 +371,7 @@ GENERATOR_PRESETS: dict[str, GeneratorPreset] = {
         "MNIST class-conditional MAR (masked autoregressive, continuous tokens, diffusion head) on mnist-kl, 7x7 tokens",
         MarGenerator, mar_backbone(4, 128, 4), "mnist-kl",
         GeneratorTrainConfig(steps=4000, batch_size=64, lr=1e-3, weight_decay=0.02, ema=0.999),
-        SamplingConfig(cfg=2.0, cfg_schedule="mar-linear", num_steps=8, diffusion_steps=25),  # calibrated (docs/calibration.md)
+        SamplingConfig(cfg=6.0, cfg_schedule="mar-linear", temperature=1.05, num_steps=16, diffusion_steps=50),  # calibrated (docs/calibration.md)
         {"decoder": mar_backbone(4, 128, 4), "buffer_size": 4,
          # MAR's truncated-normal mask share (>= 0.7 masked) never shows the model the mostly-known
          # images of sampling's last steps; with 49 tokens and a short training the loss then rises
