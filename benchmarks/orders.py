@@ -44,8 +44,8 @@ ROWS = [
     ("masked, 4 steps", "mnist-masked", {"num_steps": 4}),
     ("masked, 8 steps", "mnist-masked", {"num_steps": 8}),
     ("masked, 16 steps (default)", "mnist-masked", {}),
-    ("MAR, 8 steps, 25 denoising steps", "mnist-mar", {"num_steps": 8, "diffusion_steps": 25}),
-    ("MAR (continuous, diffusion head), 16 steps, 50 denoising steps (default)", "mnist-mar", {}),
+    ("MAR, 8 x 25 steps", "mnist-mar", {"num_steps": 8, "diffusion_steps": 25}),  # decoding x denoising steps
+    ("MAR, 16 x 50 (default)", "mnist-mar", {}),
     ("TokenBridge (channel-AR head, raster)", "mnist-tokenbridge", {}),
 ]
 
