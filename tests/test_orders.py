@@ -222,9 +222,9 @@ def test_every_row_of_the_orders_benchmark_measures_a_distinct_setting(monkeypat
 
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
     orders = importlib.import_module("orders")
-    settings = {}
+    monkeypatch.setitem(sys.modules, "orders", orders)  # forgotten again after the test
+    label_of = {}  # (model, effective sampling settings) -> the row that measures them
     for label, name, overrides in orders.ROWS:
-        cfg = arvision.load(name).sampling_config(**overrides)
-        assert (name, cfg) not in settings.values(), f"row {label!r} repeats row {next(k for k, v in settings.items() if v == (name, cfg))!r}"
-        settings[label] = (name, cfg)
-    sys.modules.pop("orders", None)
+        key = (name, arvision.load(name).sampling_config(**overrides))
+        assert key not in label_of, f"row {label!r} repeats row {label_of[key]!r}"
+        label_of[key] = label
